@@ -1,0 +1,112 @@
+"""This project's checkpoint format -> an nn.Module in eval mode on a device. Loads are weights_only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .recipe import Recipe
+
+FORMAT = "ts-image-classifier/1"
+REQUIRED_KEYS = ("format", "architecture", "state_dict", "recipe", "labels", "version")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the checkpoint says about its model, besides the weights."""
+
+    architecture: str
+    recipe: Recipe
+    labels: tuple[str, ...]
+    version: str
+
+
+def save_checkpoint(path, state_dict: dict, architecture: str, recipe: Recipe, labels, version: str) -> None:
+    """Write one dict of plain types and tensors, loadable with torch.load(weights_only=True)."""
+    labels = [str(x) for x in labels]
+    torch.save(
+        {
+            "format": FORMAT,
+            "architecture": architecture,
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
+            "recipe": recipe.to_dict(),
+            "labels": labels,
+            "version": str(version),
+        },
+        path,
+    )
+
+
+def read_checkpoint(path) -> tuple[dict, ModelInfo]:
+    """Load and validate a checkpoint file on the CPU; returns (state_dict, info)."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(
+            f"{path}: not loadable with torch.load(weights_only=True) ({exc}). Checkpoints must hold "
+            "only tensors and plain Python types; arbitrary pickles can run code when loaded."
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} checkpoint (expected a dict with format={FORMAT!r})")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: checkpoint is missing {missing}")
+    info = ModelInfo(
+        architecture=str(ckpt["architecture"]),
+        recipe=Recipe.from_dict(ckpt["recipe"]),
+        labels=tuple(str(x) for x in ckpt["labels"]),
+        version=str(ckpt["version"]),
+    )
+    return ckpt["state_dict"], info
+
+
+def build_architecture(name: str, num_classes: int) -> nn.Module:
+    """'timm:NAME' or 'torchvision:NAME' (a bare NAME tries timm, then torchvision), untrained."""
+    source, _, arch = name.rpartition(":")
+    if source in ("", "timm"):
+        import timm
+
+        if timm.is_model(arch):
+            return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        if source == "timm":
+            raise ValueError(f"unknown timm architecture {arch!r}")
+    if source in ("", "torchvision"):
+        import torchvision
+
+        if arch in torchvision.models.list_models():
+            return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    raise ValueError(f"unknown architecture {name!r}: use 'timm:NAME' or 'torchvision:NAME'")
+
+
+def load_classifier(path, device: torch.device, channels_last: bool = False) -> tuple[nn.Module, ModelInfo]:
+    """Checkpoint file -> (model in eval mode on `device`, info). Raises ValueError on any mismatch."""
+    state_dict, info = read_checkpoint(path)
+    model = build_architecture(info.architecture, num_classes=len(info.labels))
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"{path}: weights do not fit {info.architecture}: {exc}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path}: weights do not match {info.architecture}: "
+            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model.eval().requires_grad_(False)
+    return model, info
+
+
+def assert_inference_ready(model: nn.Module) -> None:
+    """Refuse a model that would train while serving: any submodule in train mode, any grad."""
+    training = [name or "<root>" for name, m in model.named_modules() if m.training]
+    if training:
+        raise RuntimeError(f"model is not in eval mode; submodules in training mode: {training[:5]}")
+    grads = [name for name, p in model.named_parameters() if p.requires_grad]
+    if grads:
+        raise RuntimeError(f"model parameters require grad: {grads[:5]}")

@@ -1,0 +1,153 @@
+"""The TorchServe handler: wires context and settings to the pure stages in this package.
+
+Absolute imports on purpose: in a .mar this file sits at the archive root beside the
+`handlers/` package, which TorchServe puts on the worker's PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from handlers.checkpoint import assert_inference_ready, load_classifier
+from handlers.device import memory_stats, select_device
+from handlers.errors import InputError
+from handlers.imaging import decode_image, normalize, recipe_pixels
+from handlers.payload import extract_payload, parse_topk
+from handlers.predictions import top_k
+from handlers.settings import Settings
+
+logger = logging.getLogger(__name__)
+TOPK_HEADER = "x-topk"
+
+
+@dataclass
+class Batch:
+    """One TorchServe batch on its way through: per-request answers, good items' pixels."""
+
+    answers: list  # per request: an InputError, or None until predicted
+    topk: list  # per request
+    good: list = field(default_factory=list)  # request indices, in the order of `pixels`
+    pixels: torch.Tensor | None = None  # uint8 [len(good), 3, H, W]
+    logits: torch.Tensor | None = None
+
+
+class ImageClassifier(BaseHandler):
+    """Image classification from any checkpoint in this project's format."""
+
+    def initialize(self, context):
+        props = context.system_properties
+        self.settings = Settings.from_model_yaml(getattr(context, "model_yaml_config", None))
+        self.device = select_device(props.get("gpu_id"))
+        if self.device.type == "cpu" and self.settings.cpu_threads > 0:
+            torch.set_num_threads(self.settings.cpu_threads)
+        checkpoint = Path(props["model_dir"]) / self.settings.checkpoint
+        self.model, self.info = load_classifier(checkpoint, self.device, self.settings.channels_last)
+        assert_inference_ready(self.model)
+        self.autocast, self.autocast_dtype = self.settings.autocast_for(self.device)
+        self.batch_size = int(props.get("batch_size") or 1)
+        self.requests_served = 0
+        self.last_inference_ms = None
+        self.warmed_up = self.settings.warmup and self._warm_up()
+        self.initialized = True
+        logger.info("ready: %s v%s on %s", self.info.architecture, self.info.version, self.device)
+
+    def _warm_up(self) -> bool:
+        size = self.info.recipe.crop_size
+        for n in sorted({1, self.batch_size}):
+            self._forward(torch.zeros(n, 3, size, size, dtype=torch.uint8))
+        return True
+
+    def preprocess(self, data):
+        batch = Batch(answers=[None] * len(data), topk=[self.settings.topk] * len(data))
+        crops = []
+        for idx, item in enumerate(data):
+            try:
+                crops.append(self._decode(idx, item, batch))
+                batch.good.append(idx)
+            except InputError as err:
+                batch.answers[idx] = err
+        if crops:
+            batch.pixels = torch.stack(crops)
+        return batch
+
+    def _decode(self, idx: int, item, batch: Batch) -> torch.Tensor:
+        s = self.settings
+        try:
+            payload = extract_payload(item, s.max_body_bytes)
+            requested = payload.topk if payload.topk is not None else self._header(idx, TOPK_HEADER)
+            batch.topk[idx] = parse_topk(requested, s.topk, min(s.max_topk, len(self.info.labels)))
+            draft = self.info.recipe.resize_size if s.jpeg_draft else None
+            image = decode_image(payload.image, s.max_image_pixels, draft_size=draft)
+            return recipe_pixels(image, self.info.recipe)
+        except InputError:
+            raise
+        except Exception as exc:  # a decoder bug must not cost the rest of the batch
+            logger.exception("request %d: unexpected error while decoding", idx)
+            raise InputError(400, "undecodable_input", f"The input could not be decoded: {exc}.") from None
+
+    def _header(self, idx: int, name: str):
+        processors = getattr(self.context, "request_processor", None)
+        if not processors:
+            return None
+        headers = self.context.get_all_request_header(idx) or {}
+        return next((v for k, v in headers.items() if k.lower() == name), None)
+
+    def inference(self, batch: Batch, *args, **kwargs):
+        if batch.pixels is not None:
+            batch.logits = self._forward(batch.pixels)
+        return batch
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast
+        ):
+            x = normalize(pixels, self.info.recipe)
+            if self.settings.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = self.model(x).float()
+        self.last_inference_ms = round((time.perf_counter() - start) * 1000, 2)
+        return logits
+
+    def postprocess(self, batch: Batch):
+        ks = [batch.topk[i] for i in batch.good]
+        for idx, answer in zip(batch.good, top_k(batch.logits, self.info.labels, ks) if ks else []):
+            batch.answers[idx] = answer
+        self.requests_served += len(batch.good)
+        out = []
+        for idx, answer in enumerate(batch.answers):
+            self._set_content_type(idx)
+            if isinstance(answer, InputError):
+                self.context.set_response_status(answer.code, answer.message, idx)
+                answer = answer.to_body()
+            out.append(answer)
+        return out
+
+    def _set_content_type(self, idx: int) -> None:
+        if getattr(self.context, "request_processor", None):
+            self.context.set_response_content_type(idx, "application/json")
+
+    def describe_handle(self):
+        """Health for `GET /models/NAME?customized=true`."""
+        return {
+            "model_version": self.info.version,
+            "architecture": self.info.architecture,
+            "num_classes": len(self.info.labels),
+            "recipe": self.info.recipe.to_dict(),
+            "device": str(self.device),
+            "dtype": str(self.autocast_dtype if self.autocast else torch.float32).replace("torch.", ""),
+            "autocast": self.autocast,
+            "eval_mode_verified": True,
+            "warmed_up": bool(self.warmed_up),
+            "requests_served": self.requests_served,
+            "last_inference_ms": self.last_inference_ms,
+            **memory_stats(self.device),
+        }

@@ -1,0 +1,142 @@
+"""Image bytes -> validated RGB pixels -> the recipe's uint8 tensor. Raises InputError only."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as F
+
+from .errors import bad_request, too_large, unsupported
+from .recipe import Recipe
+
+# Formats decoded; Pillow is never asked to try any other plugin (EPS, PSD, ...).
+FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited over white
+_INTERPOLATION = {
+    "nearest": F.InterpolationMode.NEAREST,
+    "bilinear": F.InterpolationMode.BILINEAR,
+    "bicubic": F.InterpolationMode.BICUBIC,
+    "lanczos": F.InterpolationMode.LANCZOS,
+}
+_SIGNATURES = (  # what a refused body looks like, for the error message
+    (b"%PDF", "PDF", True),
+    (b"<svg", "SVG", True),
+    (b"<?xml", "XML/SVG", True),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000", True),
+    (b"8BPS", "Photoshop (PSD)", True),
+    (b"PK\x03\x04", "ZIP archive", True),
+    (b"\x1f\x8b", "gzip archive", True),
+    (b"<!doctype html", "HTML", False),
+    (b"<html", "HTML", False),
+)
+
+
+def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+    """Encoded image -> RGB PIL image, EXIF orientation applied.
+
+    The pixel count is checked from the header before any pixel is decoded. With
+    `draft_size`, JPEGs are decoded by DCT scaling straight to the smallest size whose
+    sides are both >= draft_size (several times faster on large photos).
+    """
+    if not data:
+        raise bad_request("empty_body", "The request body is empty. Send the image bytes as the body.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+        except UnidentifiedImageError:
+            raise _not_an_image(data) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise too_large("too_many_pixels", f"The image has more than {max_pixels} pixels.") from None
+        except Exception as exc:  # a header Pillow recognised but cannot parse
+            raise bad_request("corrupt_image", f"The image header is corrupt: {exc}.") from None
+        width, height = img.size
+        if width * height > max_pixels:
+            raise too_large(
+                "too_many_pixels",
+                f"The image is {width}x{height} = {width * height} pixels; "
+                f"this model accepts at most {max_pixels}. Downscale it before sending.",
+            )
+        if width < 1 or height < 1:
+            raise bad_request("corrupt_image", f"The image has no pixels ({width}x{height}).")
+        try:
+            if draft_size and img.format in ("JPEG", "MPO"):
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise too_large("too_many_pixels", f"The image has more than {max_pixels} pixels.") from None
+        except Exception as exc:  # truncated data, bad chunks, broken EXIF, ...
+            raise bad_request(
+                "corrupt_image",
+                f"The {img.format or 'image'} data is truncated or corrupt and cannot be decoded: {exc}.",
+            ) from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB: 16-bit scaled (not clipped), alpha composited over white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        img = Image.fromarray(_to_uint8(np.asarray(img)), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.kind == "f":
+        arr = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = 1.0 if arr.size and 0.0 <= arr.min() and arr.max() <= 1.0 else 255.0
+        return np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8)
+    # 16-bit samples (0..65535) -> 0..255 by the exact ratio 255/65535 = 1/257
+    return np.clip(arr.astype(np.float64) / 257.0, 0, 255).round().astype(np.uint8)
+
+
+def _not_an_image(data: bytes):
+    head = data[:512].lstrip().lower()
+    for signature, name, is_format in _SIGNATURES:
+        if head.startswith(signature.lower()) or (name.startswith("XML") and b"<svg" in head):
+            if is_format:
+                return unsupported(
+                    "unsupported_format",
+                    f"The body is a {name} file, which this model does not accept. "
+                    f"Send one of: {', '.join(f for f in FORMATS if f != 'MPO')}.",
+                )
+            return bad_request("not_an_image", f"The body looks like {name}, not an image.")
+    if head.startswith((b"{", b"[")):
+        return bad_request("not_an_image", "The body looks like JSON, not an image; see the README for the JSON fields.")
+    try:
+        text = data[:200].decode("utf-8")
+        is_text = all(c.isprintable() or c.isspace() for c in text)
+    except UnicodeDecodeError:
+        is_text = False
+    kind = f"text ({text[:40]!r})" if is_text else f"{len(data)} bytes of binary data starting {data[:8].hex()}"
+    return bad_request(
+        "not_an_image",
+        f"The body is not an image: it looks like {kind}. "
+        f"Send a {', '.join(f for f in FORMATS if f != 'MPO')} file.",
+    )
+
+
+def recipe_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
+    """RGB image -> uint8 tensor [3, crop, crop]: short side to resize_size, center crop."""
+    img = F.resize(img, recipe.resize_size, interpolation=_INTERPOLATION[recipe.interpolation])
+    img = F.center_crop(img, [recipe.crop_size, recipe.crop_size])
+    return F.pil_to_tensor(img)
+
+
+def normalize(batch: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float32 (x / 255 - mean) / std, on the batch's device."""
+    mean = torch.tensor(recipe.mean, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(recipe.std, device=batch.device).view(1, 3, 1, 1)
+    return (batch.float().div_(255.0) - mean).div_(std)

@@ -1,0 +1,140 @@
+"""One TorchServe request item -> the image bytes and the per-request options it carries."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+
+from .errors import bad_request, too_large
+
+# Keys TorchServe uses for a raw body ("body", "data") and the multipart field names people use.
+BODY_KEYS = ("data", "body", "image", "file", "img")
+# Fields of a JSON body that may hold the base64 image, in the order they are looked for.
+JSON_IMAGE_FIELDS = ("image", "data", "b64", "image_base64", "instances")
+_DATA_URI = re.compile(rb"^data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
+_B64_CHARS = re.compile(rb"^[A-Za-z0-9+/_\-\s]*={0,2}\s*$")
+
+
+@dataclass
+class Payload:
+    """What one request asks for: the encoded image and, optionally, its own top-k."""
+
+    image: bytes
+    topk: int | None = None
+
+
+def extract_payload(item: dict, max_bytes: int) -> Payload:
+    """Find the image in a request item (raw bytes, multipart field, JSON, base64 or data URI)."""
+    if not isinstance(item, dict) or not item:
+        raise bad_request("empty_body", "The request carried no body. Send the image bytes as the body.")
+    value = next((item[k] for k in BODY_KEYS if k in item), None)
+    if value is None:  # a multipart form with some other field name: take the first one
+        value = next(iter(item.values()))
+    return _from_value(value, max_bytes)
+
+
+def _from_value(value, max_bytes: int) -> Payload:
+    if isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+        _check_size(len(raw), max_bytes)
+        if raw[:1] in (b"{", b"[") and _looks_like_json(raw):
+            return _from_json(json.loads(raw), max_bytes)
+        if _DATA_URI.match(raw[:200]) or _is_base64_text(raw):
+            return Payload(decode_base64(raw, max_bytes))
+        return Payload(raw)
+    if isinstance(value, str):  # TorchServe decodes text/* bodies to str
+        return _from_value(value.encode("utf-8", "surrogatepass"), max_bytes)
+    if isinstance(value, (dict, list)):  # TorchServe parses application/json bodies
+        return _from_json(value, max_bytes)
+    raise bad_request("unreadable_body", f"Cannot read a request body of type {type(value).__name__}.")
+
+
+def _from_json(doc, max_bytes: int) -> Payload:
+    if isinstance(doc, list):
+        if len(doc) != 1:
+            raise bad_request(
+                "bad_json",
+                f"A JSON body must be one object, e.g. {{\"image\": \"<base64>\"}}; got a list of {len(doc)}.",
+            )
+        doc = doc[0]
+    if isinstance(doc, str):
+        return Payload(decode_base64(doc.encode(), max_bytes))
+    if not isinstance(doc, dict):
+        raise bad_request("bad_json", 'A JSON body must be an object such as {"image": "<base64>"}.')
+    field = next((f for f in JSON_IMAGE_FIELDS if f in doc), None)
+    if field is None:
+        raise bad_request(
+            "missing_image_field",
+            f"The JSON body has no image field. Put the base64 image under \"image\" "
+            f"(found keys: {sorted(doc)[:10]}).",
+        )
+    image = doc[field]
+    if isinstance(image, list) and len(image) == 1:
+        image = image[0]
+    if isinstance(image, dict):
+        image = image.get("b64", image.get("data"))
+    if not isinstance(image, str):
+        raise bad_request("bad_json", f'The JSON field "{field}" must be a base64 string.')
+    return Payload(decode_base64(image.encode(), max_bytes), topk=_topk_field(doc))
+
+
+def _topk_field(doc: dict):
+    for key in ("topk", "top_k", "k"):
+        if key in doc:
+            return doc[key]
+    return None
+
+
+def decode_base64(text: bytes, max_bytes: int) -> bytes:
+    """Base64 (standard or URL-safe, with or without a data: URI prefix) -> bytes."""
+    match = _DATA_URI.match(text[:200])
+    if match:
+        text = text[match.end():]
+    text = re.sub(rb"\s+", b"", text)
+    _check_size(len(text) * 3 // 4, max_bytes)
+    if b"-" in text or b"_" in text:
+        text = text.replace(b"-", b"+").replace(b"_", b"/")
+    text += b"=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise bad_request("bad_base64", f"The base64 image could not be decoded: {exc}.") from None
+
+
+def _check_size(n: int, max_bytes: int) -> None:
+    if n > max_bytes:
+        raise too_large(
+            "body_too_large",
+            f"The image is {n} bytes; this model accepts at most {max_bytes} bytes.",
+        )
+
+
+def _looks_like_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _is_base64_text(raw: bytes) -> bool:
+    # Binary images never consist only of base64 characters; short texts are left to the decoder.
+    return len(raw) >= 16 and _B64_CHARS.match(raw[:4096]) is not None and bool(
+        _B64_CHARS.match(raw)
+    )
+
+
+def parse_topk(value, default: int, maximum: int) -> int:
+    """A client's top-k (int or numeric string) checked against 1..maximum."""
+    if value is None or value == "":
+        return default
+    try:
+        k = int(str(value).strip()) if not isinstance(value, bool) else None
+    except ValueError:
+        k = None
+    if k is None or not 1 <= k <= maximum:
+        raise bad_request("bad_topk", f"topk must be an integer from 1 to {maximum}, got {value!r}.")
+    return k

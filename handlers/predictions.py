@@ -1,0 +1,20 @@
+"""Logits -> the JSON answer: top-k labels with float32 softmax probabilities."""
+
+from __future__ import annotations
+
+import torch
+
+
+def top_k(logits: torch.Tensor, labels, ks: list[int]) -> list[list[dict]]:
+    """logits [N, C] (any float dtype/device) -> per row, its k best {label, index, probability}."""
+    probs = torch.softmax(logits.float(), dim=1)
+    k_max = min(max(ks), probs.shape[1])
+    values, indices = probs.topk(k_max, dim=1)
+    values, indices = values.cpu().tolist(), indices.cpu().tolist()
+    return [
+        [
+            {"label": labels[i], "index": i, "probability": round(p, 6)}
+            for p, i in zip(row_p[:k], row_i[:k])
+        ]
+        for row_p, row_i, k in zip(values, indices, ks)
+    ]

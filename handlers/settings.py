@@ -1,0 +1,50 @@
+"""The handler's settings: the `handler:` section of the archive's model-config.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass(frozen=True)
+class Settings:
+    checkpoint: str = "model.pt"  # file name inside the archive
+    topk: int = 5  # labels answered per image unless the request asks otherwise
+    max_topk: int = 100
+    autocast_cuda: bool = True  # float16 autocast on CUDA
+    autocast_cpu: bool = False  # bfloat16 autocast on CPU (slower than float32 on most CPUs)
+    cuda_dtype: str = "float16"
+    max_image_pixels: int = 50_000_000  # checked from the header, before decoding
+    max_body_bytes: int = 32 * 1024 * 1024  # keep max_request_size in config.properties >= this
+    jpeg_draft: bool = True  # decode large JPEGs by DCT scaling to just above the resize size
+    channels_last: bool = True
+    cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0 = torch's default
+    warmup: bool = True
+
+    @classmethod
+    def from_model_yaml(cls, model_yaml_config: dict | None) -> "Settings":
+        """Read `handler:` from model-config.yaml; unknown keys are an error, not a silent no-op."""
+        section = dict((model_yaml_config or {}).get("handler") or {})
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            raise ValueError(f"unknown handler settings in model-config.yaml: {unknown}; known: {sorted(known)}")
+        values = {}
+        for name, value in section.items():
+            kind = type(known[name].default)
+            if kind is bool and not isinstance(value, bool):
+                raise ValueError(f"handler setting {name} must be true or false, got {value!r}")
+            values[name] = kind(value)
+        settings = cls(**values)
+        if settings.cuda_dtype not in ("float16", "bfloat16"):
+            raise ValueError(f"handler setting cuda_dtype must be float16 or bfloat16, got {settings.cuda_dtype!r}")
+        if not 1 <= settings.topk <= settings.max_topk:
+            raise ValueError(f"handler setting topk must be in 1..max_topk ({settings.max_topk})")
+        return settings
+
+    def autocast_for(self, device: torch.device) -> tuple[bool, torch.dtype]:
+        """(enabled, dtype) of autocast on this device."""
+        if device.type == "cuda":
+            return self.autocast_cuda, getattr(torch, self.cuda_dtype)
+        return self.autocast_cpu, torch.bfloat16
