@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from handlers.batch import Batch
 from handlers.checkpoint import assert_inference_ready, load_classifier
 from handlers.device import memory_stats, select_device
 from handlers.errors import InputError
@@ -26,17 +26,6 @@ logger = logging.getLogger(__name__)
 TOPK_HEADER = "x-topk"
 
 
-@dataclass
-class Batch:
-    """One TorchServe batch on its way through: per-request answers, good items' pixels."""
-
-    answers: list  # per request: an InputError, or None until predicted
-    topk: list  # per request
-    good: list = field(default_factory=list)  # request indices, in the order of `pixels`
-    pixels: torch.Tensor | None = None  # uint8 [len(good), 3, H, W]
-    logits: torch.Tensor | None = None
-
-
 class ImageClassifier(BaseHandler):
     """Image classification from any checkpoint in this project's format."""
 
@@ -46,7 +35,7 @@ class ImageClassifier(BaseHandler):
         self.device = select_device(props.get("gpu_id"))
         if self.device.type == "cpu" and self.settings.cpu_threads > 0:
             torch.set_num_threads(self.settings.cpu_threads)
-        checkpoint = Path(props["model_dir"]) / self.settings.checkpoint
+        checkpoint = Path(props["model_dir"]) / context.manifest["model"]["serializedFile"]
         self.model, self.info = load_classifier(checkpoint, self.device, self.settings.channels_last)
         assert_inference_ready(self.model)
         self.autocast, self.autocast_dtype = self.settings.autocast_for(self.device)

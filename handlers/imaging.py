@@ -14,7 +14,7 @@ from .errors import bad_request, too_large, unsupported
 from .recipe import Recipe
 
 # Formats decoded; Pillow is never asked to try any other plugin (EPS, PSD, ...).
-FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO (phone photos)
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited over white
 _INTERPOLATION = {
     "nearest": F.InterpolationMode.NEAREST,
@@ -110,7 +110,7 @@ def _not_an_image(data: bytes):
                 return unsupported(
                     "unsupported_format",
                     f"The body is a {name} file, which this model does not accept. "
-                    f"Send one of: {', '.join(f for f in FORMATS if f != 'MPO')}.",
+                    f"Send one of: {', '.join(FORMATS)}.",
                 )
             return bad_request("not_an_image", f"The body looks like {name}, not an image.")
     if head.startswith((b"{", b"[")):
@@ -124,7 +124,7 @@ def _not_an_image(data: bytes):
     return bad_request(
         "not_an_image",
         f"The body is not an image: it looks like {kind}. "
-        f"Send a {', '.join(f for f in FORMATS if f != 'MPO')} file.",
+        f"Send a {', '.join(FORMATS)} file.",
     )
 
 

@@ -15,7 +15,7 @@ BODY_KEYS = ("data", "body", "image", "file", "img")
 # Fields of a JSON body that may hold the base64 image, in the order they are looked for.
 JSON_IMAGE_FIELDS = ("image", "data", "b64", "image_base64", "instances")
 _DATA_URI = re.compile(rb"^data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
-_B64_CHARS = re.compile(rb"^[A-Za-z0-9+/_\-\s]*={0,2}\s*$")
+_B64_TEXT = re.compile(rb"^[A-Za-z0-9+/_\-\r\n]+={0,2}\s*$")  # line breaks allowed, spaces not
 
 
 @dataclass
@@ -29,7 +29,12 @@ class Payload:
 def extract_payload(item: dict, max_bytes: int) -> Payload:
     """Find the image in a request item (raw bytes, multipart field, JSON, base64 or data URI)."""
     if not isinstance(item, dict) or not item:
-        raise bad_request("empty_body", "The request carried no body. Send the image bytes as the body.")
+        raise bad_request(
+            "empty_body",
+            "The request carried no image: the body is empty or form-urlencoded. Send the image bytes "
+            "as the body (curl -T photo.jpg or --data-binary @photo.jpg -H 'Content-Type: "
+            "application/octet-stream'), as a multipart field, or as JSON {\"image\": \"<base64>\"}.",
+        )
     value = next((item[k] for k in BODY_KEYS if k in item), None)
     if value is None:  # a multipart form with some other field name: take the first one
         value = next(iter(item.values()))
@@ -122,9 +127,7 @@ def _looks_like_json(raw: bytes) -> bool:
 
 def _is_base64_text(raw: bytes) -> bool:
     # Binary images never consist only of base64 characters; short texts are left to the decoder.
-    return len(raw) >= 16 and _B64_CHARS.match(raw[:4096]) is not None and bool(
-        _B64_CHARS.match(raw)
-    )
+    return len(raw) >= 16 and _B64_TEXT.match(raw) is not None
 
 
 def parse_topk(value, default: int, maximum: int) -> int:

@@ -9,7 +9,6 @@ import torch
 
 @dataclass(frozen=True)
 class Settings:
-    checkpoint: str = "model.pt"  # file name inside the archive
     topk: int = 5  # labels answered per image unless the request asks otherwise
     max_topk: int = 100
     autocast_cuda: bool = True  # float16 autocast on CUDA

@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""Archive a checkpoint in this project's format as a self-contained TorchServe .mar.
+
+The checkpoint is loaded and run once on a dummy input before anything is written, so a
+checkpoint that does not fit its architecture fails here, not at the first request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from handlers.checkpoint import assert_inference_ready, load_classifier  # noqa: E402
+from handlers.settings import Settings  # noqa: E402
+
+PACKAGE = ROOT / "handlers"
+
+
+def validate(checkpoint: Path, settings: Settings) -> str:
+    """Load the checkpoint as the handler will and run one dummy batch; returns a summary line."""
+    model, info = load_classifier(checkpoint, torch.device("cpu"), settings.channels_last)
+    assert_inference_ready(model)
+    size = info.recipe.crop_size
+    with torch.inference_mode():
+        logits = model(torch.zeros(2, 3, size, size))
+    if tuple(logits.shape) != (2, len(info.labels)):
+        raise ValueError(
+            f"{checkpoint}: model outputs {tuple(logits.shape)} for 2 images; "
+            f"expected (2, {len(info.labels)}) for {len(info.labels)} labels"
+        )
+    return f"{info.architecture} v{info.version}, {len(info.labels)} classes, input {size}x{size}"
+
+
+def model_config(base: Path, overrides: list[str]) -> dict:
+    """model-config.yaml with `key=value` overrides (`handler.topk=3` for handler settings)."""
+    config = yaml.safe_load(base.read_text()) or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = yaml.safe_load(value)
+    Settings.from_model_yaml(config)  # refuse unknown or ill-typed handler settings now
+    return config
+
+
+def build(checkpoint: Path, name: str, version: str, export: Path, config: dict) -> Path:
+    """Stage the handler package and config, then run torch-model-archiver."""
+    export.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp)
+        extra = stage / "extra"
+        shutil.copytree(PACKAGE, extra / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        config_file = stage / "model-config.yaml"
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        subprocess.run(
+            [
+                sys.executable, "-c", "from model_archiver.model_packaging import generate_model_archive as g; g()",
+                "--model-name", name,
+                "--version", version,
+                "--serialized-file", str(checkpoint),
+                "--handler", str(PACKAGE / "image_classifier.py"),
+                "--extra-files", str(extra),
+                "--config-file", str(config_file),
+                "--export-path", str(export),
+                "--force",
+            ],
+            check=True,
+        )
+    return export / f"{name}.mar"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--model-name", required=True)
+    parser.add_argument("--version", default="1.0")
+    parser.add_argument("--export-path", default=ROOT / "model_store", type=Path)
+    parser.add_argument("--config", default=ROOT / "model-config.yaml", type=Path, help="base model-config.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a model-config.yaml key, e.g. batchSize=4 or handler.topk=3")
+    args = parser.parse_args(argv)
+    try:
+        config = model_config(args.config, args.set)
+        summary = validate(args.checkpoint, Settings.from_model_yaml(config))
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    mar = build(args.checkpoint, args.model_name, args.version, args.export_path, config)
+    print(f"wrote {mar}: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

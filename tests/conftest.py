@@ -1,0 +1,46 @@
+"""Fixtures shared by unit and integration tests: real photos, the default checkpoint, a handler."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = Path(os.environ.get("TEST_IMAGES", ROOT.parent / "shared" / "images"))
+DEFAULT_CHECKPOINT = ROOT / "build" / "efficientnet_lite0.pt"
+sys.path.insert(0, str(ROOT))
+
+
+def labelled_photos() -> dict[str, list[str] | None]:
+    """{file name: acceptable top-1 labels, or None for 'any answer'} from ../shared/images."""
+    return json.loads((IMAGES / "labels.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, bytes]:
+    if not (IMAGES / "labels.json").exists():
+        pytest.fail(f"real photos not found at {IMAGES} (set TEST_IMAGES to their folder)")
+    return {name: (IMAGES / name).read_bytes() for name in labelled_photos()}
+
+
+@pytest.fixture(scope="session")
+def default_checkpoint() -> Path:
+    """The default EfficientNet-Lite0 checkpoint, built once if `make` has not built it."""
+    if not DEFAULT_CHECKPOINT.exists():
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "build_default_checkpoint.py"), "--output", str(DEFAULT_CHECKPOINT)],
+            check=True,
+        )
+    return DEFAULT_CHECKPOINT
+
+
+def jpeg_bytes(img, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", **kwargs)
+    return buf.getvalue()

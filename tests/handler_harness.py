@@ -1,0 +1,65 @@
+"""The handler in-process, driven the way TorchServe's worker drives it (its own Context class)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import ts
+import yaml
+from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+from handlers.image_classifier import ImageClassifier
+
+
+def make_context(model_dir: Path, checkpoint_name: str, config: dict | None = None, batch_size: int = 8, gpu=None):
+    manifest = {"model": {"modelName": "test", "serializedFile": checkpoint_name, "modelVersion": "1.0"}}
+    return Context("test", str(model_dir), manifest, batch_size, gpu, "0.12.0", model_yaml_config=config or {})
+
+
+def load_handler(checkpoint: Path, tmp_dir: Path, config: dict | None = None, batch_size: int = 8, gpu=None):
+    """Lay out a model dir like an unpacked .mar and initialize the handler from it."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    target = tmp_dir / checkpoint.name
+    if not target.exists():
+        target.symlink_to(checkpoint.resolve())
+    (tmp_dir / "model-config.yaml").write_text(yaml.safe_dump(config or {}))
+    handler = ImageClassifier()
+    handler.initialize(make_context(tmp_dir, checkpoint.name, config, batch_size, gpu))
+    return handler
+
+
+class Answer:
+    def __init__(self, status: int, phrase: str, body):
+        self.status, self.phrase, self.body = status, phrase, body
+
+    def __repr__(self):
+        return f"Answer({self.status}, {self.body!r:.120})"
+
+
+def run_batch(handler, items: list[dict], headers: list[dict] | None = None) -> list[Answer]:
+    """One TorchServe batch through handle(); returns each request's status and body."""
+    context = Context("test", "", {"model": {}}, len(items), None, "0.12.0")
+    context.request_processor = [RequestProcessor(h) for h in (headers or [{} for _ in items])]
+    context.request_ids = {i: f"req-{i}" for i in range(len(items))}
+    context.metrics = _metrics()
+    out = handler.handle(items, context)
+    assert isinstance(out, list) and len(out) == len(items)
+    answers = []
+    for idx, body in enumerate(out):
+        code, phrase = context.get_response_status(idx)
+        answers.append(Answer(code or 200, phrase or "", body))
+    return answers
+
+
+def _metrics():
+    """TorchServe's own metrics cache, configured from the metrics.yaml it ships."""
+    metrics = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    metrics.initialize_cache()
+    return metrics
+
+
+def copy_checkpoint(src: Path, dst_dir: Path) -> Path:
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(src, dst_dir / src.name))
