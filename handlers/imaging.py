@@ -102,7 +102,22 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr.astype(np.float64) / 257.0, 0, 255).round().astype(np.uint8)
 
 
+_IMAGE_MAGIC = (
+    (b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
+
+
+def _image_kind(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((name for magic, name in _IMAGE_MAGIC if data.startswith(magic)), None)
+
+
 def _not_an_image(data: bytes):
+    kind = _image_kind(data)
+    if kind:
+        return bad_request("corrupt_image", f"The body starts like a {kind} file but its header is corrupt.")
     head = data[:512].lstrip().lower()
     for signature, name, is_format in _SIGNATURES:
         if head.startswith(signature.lower()) or (name.startswith("XML") and b"<svg" in head):

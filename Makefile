@@ -1,0 +1,67 @@
+# Image-classifier serving with TorchServe. `make serve` and `make test` do all set-up.
+SHELL := /bin/bash
+PYTHON_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MODEL_NAME ?= efficientnet_lite0
+VERSION ?= 1.0
+CHECKPOINT ?= build/efficientnet_lite0.pt
+DEFAULT_CKPT := build/efficientnet_lite0.pt
+DEFAULT_MAR := model_store/efficientnet_lite0.mar
+SAMPLE ?= $(firstword $(wildcard ../shared/images/kitten.jpg) samples/kitten.jpg)
+TSCTL := $(PY) -m tsctl.cli --key-file key_file.json
+PYTEST_ARGS ?=
+
+.PHONY: serve stop mar test install java clean
+
+install: $(VENV)/.installed
+
+# pip takes torch/torchvision from this machine's wheel cache where one is configured.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+java:
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	if [ -z "$$v" ] || [ "$$v" -lt 17 ]; then \
+	  echo "TorchServe needs Java 17 or newer (found: $${v:-none})."; \
+	  echo "Install it, e.g. on Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless"; \
+	  exit 1; fi
+
+$(DEFAULT_CKPT): | install
+	$(PY) scripts/build_default_checkpoint.py --output $@
+
+$(DEFAULT_MAR): $(DEFAULT_CKPT) $(wildcard handlers/*.py) model-config.yaml | install
+	$(PY) scripts/build_mar.py --checkpoint $(DEFAULT_CKPT) --model-name efficientnet_lite0 --version 1.0
+
+# Archive any checkpoint in this project's format: make mar CHECKPOINT=x.pt MODEL_NAME=y VERSION=2.0
+mar: install
+	$(PY) scripts/build_mar.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION)
+
+serve: install java $(DEFAULT_MAR)
+	@if $(VENV)/bin/python -c "import sys,psutil,tempfile,os; p=os.path.join(tempfile.gettempdir(),'.model_server.pid'); sys.exit(0 if os.path.exists(p) and psutil.pid_exists(int(open(p).read().split()[0])) else 1)"; then \
+	  echo "TorchServe is already running (make stop first to restart it)."; \
+	else \
+	  $(VENV)/bin/torchserve --start --ncs --ts-config config.properties --model-store model_store > logs_start.txt 2>&1 || { cat logs_start.txt; exit 1; }; \
+	fi
+	$(TSCTL) wait efficientnet_lite0 --timeout 300
+	@echo "Prediction for $(SAMPLE):"
+	$(TSCTL) predict efficientnet_lite0 $(SAMPLE)
+	@echo
+	@echo "TorchServe is running on 127.0.0.1 (inference 8080, management 8081, metrics 8082, gRPC 7070/7071)."
+	@echo "Keys are in key_file.json. Try:"
+	@echo "  KEY=\$$(python3 -c \"import json; print(json.load(open('key_file.json'))['inference']['key'])\")"
+	@echo "  curl -H \"Authorization: Bearer \$$KEY\" http://127.0.0.1:8080/predictions/efficientnet_lite0 -T $(SAMPLE)"
+	@echo "Stop it with: make stop"
+
+stop:
+	-$(VENV)/bin/torchserve --stop
+
+test: install java $(DEFAULT_MAR)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	-$(VENV)/bin/torchserve --stop 2>/dev/null
+	rm -rf build model_store/*.mar logs logs_start.txt .pytest_cache

@@ -1,0 +1,51 @@
+"""scripts/build_mar.py: validation before writing, and what goes into the archive."""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import yaml
+
+from handlers.checkpoint import build_architecture, save_checkpoint
+from handlers.recipe import Recipe
+from tests.conftest import ROOT
+
+
+def build(tmp_path, checkpoint, *extra):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_mar.py"), "--checkpoint", str(checkpoint),
+         "--model-name", "tiny", "--version", "2.0", "--export-path", str(tmp_path / "store"), *extra],
+        capture_output=True, text=True,
+    )
+
+
+def tiny_checkpoint(path, labels=3):
+    model = build_architecture("torchvision:resnet18", num_classes=3)
+    save_checkpoint(path, model.state_dict(), "torchvision:resnet18", Recipe(64, 72), [str(i) for i in range(labels)], "2.0")
+    return path
+
+
+def test_archive_is_self_contained(tmp_path):
+    out = build(tmp_path, tiny_checkpoint(tmp_path / "tiny.pt"), "--set", "batchSize=4", "--set", "handler.topk=2")
+    assert out.returncode == 0, out.stderr
+    with zipfile.ZipFile(tmp_path / "store" / "tiny.mar") as mar:
+        names = set(mar.namelist())
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        config = yaml.safe_load(mar.read("model-config.yaml"))
+    assert {"image_classifier.py", "tiny.pt", "handlers/__init__.py", "handlers/imaging.py",
+            "handlers/checkpoint.py"} <= names
+    assert not any("__pycache__" in n for n in names)
+    assert manifest["model"]["modelVersion"] == "2.0" and manifest["model"]["handler"] == "image_classifier.py"
+    assert config["batchSize"] == 4 and config["handler"]["topk"] == 2
+
+
+def test_mismatched_labels_fail_at_archive_time(tmp_path):
+    out = build(tmp_path, tiny_checkpoint(tmp_path / "tiny.pt", labels=5))
+    assert out.returncode == 2 and "do not fit" in out.stderr
+    assert not (tmp_path / "store" / "tiny.mar").exists()
+
+
+def test_unknown_handler_setting_fails_at_archive_time(tmp_path):
+    out = build(tmp_path, tiny_checkpoint(tmp_path / "tiny.pt"), "--set", "handler.topK=3")
+    assert out.returncode == 2 and "unknown handler settings" in out.stderr

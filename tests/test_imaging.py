@@ -1,0 +1,111 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from handlers.errors import InputError
+from handlers.imaging import decode_image, normalize, recipe_pixels, to_rgb
+from handlers.recipe import Recipe
+from tests.conftest import jpeg_bytes
+
+LIMIT = 50_000_000
+
+
+def encoded(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def gradient(w=64, h=48) -> Image.Image:
+    x = np.linspace(0, 255, w, dtype=np.uint8)[None, :, None].repeat(h, 0)
+    y = np.linspace(0, 255, h, dtype=np.uint8)[:, None, None].repeat(w, 1)
+    return Image.fromarray(np.concatenate([x, y, 255 - x], axis=2), "RGB")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_formats_decode_to_rgb(fmt):
+    img = decode_image(encoded(gradient(), fmt), LIMIT)
+    assert img.mode == "RGB" and img.size == (64, 48)
+
+
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    img = decode_image(jpeg_bytes(gradient(64, 48), exif=exif), LIMIT)
+    assert img.size == (48, 64)
+
+
+def test_alpha_is_composited_over_white_not_dropped():
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent black
+    assert decode_image(encoded(rgba, "PNG"), LIMIT).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped():
+    arr = np.full((4, 4), 32768, dtype=np.uint16)  # mid-grey in 16 bits
+    img = decode_image(encoded(Image.fromarray(arr), "PNG"), LIMIT)
+    assert img.getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_cmyk_jpeg_decodes():
+    img = decode_image(jpeg_bytes(gradient().convert("CMYK")), LIMIT)
+    assert img.mode == "RGB"
+
+
+def test_pixel_limit_is_checked_from_the_header():
+    big = encoded(Image.new("L", (4000, 4000)), "PNG")
+    with pytest.raises(InputError) as err:
+        decode_image(big, 1_000_000)
+    assert err.value.code == 413 and err.value.type == "too_many_pixels"
+
+
+@pytest.mark.parametrize(
+    "data, code, type_",
+    [
+        (b"", 400, "empty_body"),
+        (b"hello, this is text", 400, "not_an_image"),
+        (b"%PDF-1.4 junk", 415, "unsupported_format"),
+        (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', 415, "unsupported_format"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, 400, "corrupt_image"),
+    ],
+)
+def test_refusals(data, code, type_):
+    with pytest.raises(InputError) as err:
+        decode_image(data, LIMIT)
+    assert (err.value.code, err.value.type) == (code, type_)
+
+
+def test_truncated_jpeg_is_refused_as_corrupt():
+    data = jpeg_bytes(gradient(256, 256), quality=95)
+    with pytest.raises(InputError) as err:
+        decode_image(data[: len(data) // 2], LIMIT)
+    assert err.value.type == "corrupt_image" and err.value.code == 400
+
+
+def test_draft_decoding_keeps_both_sides_at_or_above_the_target():
+    data = jpeg_bytes(gradient(2000, 1500))
+    img = decode_image(data, LIMIT, draft_size=256)
+    assert min(img.size) >= 256 and img.size[0] < 2000
+
+
+def test_recipe_pixels_shape_and_dtype():
+    recipe = Recipe(crop_size=224, resize_size=256)
+    out = recipe_pixels(gradient(640, 480), recipe)
+    assert out.shape == (3, 224, 224) and out.dtype == torch.uint8
+
+
+def test_normalize_matches_the_formula():
+    recipe = Recipe(mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 0.5))
+    batch = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2)
+    out = normalize(batch, recipe)
+    assert out[0, 0, 0].tolist() == [-1.0, 1.0]
+    assert out[0, 1, 0].tolist() == [-2.0, 2.0]
+
+
+def test_palette_with_transparency():
+    p = Image.new("P", (4, 4), 0)
+    p.putpalette([10, 20, 30] * 256)
+    p.info["transparency"] = 0
+    assert to_rgb(p).getpixel((0, 0)) == (255, 255, 255)

@@ -1,0 +1,34 @@
+import pytest
+import torch
+import yaml
+
+from handlers.settings import Settings
+from tests.conftest import ROOT
+
+
+def test_defaults_and_shipped_model_config_agree_on_types():
+    shipped = yaml.safe_load((ROOT / "model-config.yaml").read_text())
+    settings = Settings.from_model_yaml(shipped)
+    assert settings.max_body_bytes == 32 * 1024 * 1024
+
+
+def test_max_body_matches_torchserve_max_request_size():
+    props = dict(
+        line.split("=", 1) for line in (ROOT / "config.properties").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    shipped = Settings.from_model_yaml(yaml.safe_load((ROOT / "model-config.yaml").read_text()))
+    assert int(props["max_request_size"]) == shipped.max_body_bytes
+    assert props["disable_token_authorization"] == "false"
+
+
+def test_autocast_defaults():
+    s = Settings()
+    assert s.autocast_for(torch.device("cuda", 0)) == (True, torch.float16)
+    assert s.autocast_for(torch.device("cpu"))[0] is False
+
+
+@pytest.mark.parametrize("section", [{"topk": 0}, {"autocast_cuda": "yes"}, {"cuda_dtype": "float8"}, {"nope": 1}])
+def test_bad_settings_are_refused(section):
+    with pytest.raises(ValueError):
+        Settings.from_model_yaml({"handler": section})
