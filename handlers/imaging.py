@@ -143,11 +143,30 @@ def _not_an_image(data: bytes):
     )
 
 
+MAX_ASPECT = 4  # longer panoramas are center-cropped to 4:1 first (same output, bounded memory)
+
+
 def recipe_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
     """RGB image -> uint8 tensor [3, crop, crop]: short side to resize_size, center crop."""
+    img = _limit_aspect(img)
     img = F.resize(img, recipe.resize_size, interpolation=_INTERPOLATION[recipe.interpolation])
     img = F.center_crop(img, [recipe.crop_size, recipe.crop_size])
     return F.pil_to_tensor(img)
+
+
+def _limit_aspect(img: Image.Image) -> Image.Image:
+    # A 20000x10 strip resized to a short side of 256 would be 512 megapixels; the center
+    # crop only ever uses the middle, so cut the long side to MAX_ASPECT x the short side.
+    w, h = img.size
+    short = min(w, h)
+    if max(w, h) <= MAX_ASPECT * short:
+        return img
+    keep = MAX_ASPECT * short
+    if w > h:
+        left = (w - keep) // 2
+        return img.crop((left, 0, left + keep, h))
+    top = (h - keep) // 2
+    return img.crop((0, top, w, top + keep))
 
 
 def normalize(batch: torch.Tensor, recipe: Recipe) -> torch.Tensor:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
 from handlers.errors import InputError
 from handlers.imaging import decode_image, normalize, recipe_pixels, to_rgb
@@ -109,3 +110,17 @@ def test_palette_with_transparency():
     p.putpalette([10, 20, 30] * 256)
     p.info["transparency"] = 0
     assert to_rgb(p).getpixel((0, 0)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("size", [(20000, 3), (2, 9000), (1, 1)])
+def test_extreme_aspect_ratios_and_tiny_images_give_the_recipe_shape(size):
+    out = recipe_pixels(Image.new("RGB", size, (10, 20, 30)), Recipe())
+    assert out.shape == (3, 224, 224)
+    assert out[:, 112, 112].tolist() == [10, 20, 30]
+
+
+def test_aspect_limit_leaves_the_center_crop_unchanged():
+    img, recipe = gradient(1200, 200), Recipe()  # 6:1, so it is cut to 4:1 first
+    resized = F.resize(img, recipe.resize_size, interpolation=F.InterpolationMode.BILINEAR)
+    full = F.pil_to_tensor(F.center_crop(resized, [recipe.crop_size] * 2))
+    assert (recipe_pixels(img, recipe).int() - full.int()).abs().float().mean() < 1.0
