@@ -44,7 +44,11 @@ serve: install java $(DEFAULT_MAR)
 	@if $(VENV)/bin/python -c "import sys,psutil,tempfile,os; p=os.path.join(tempfile.gettempdir(),'.model_server.pid'); sys.exit(0 if os.path.exists(p) and psutil.pid_exists(int(open(p).read().split()[0])) else 1)"; then \
 	  echo "TorchServe is already running (make stop first to restart it)."; \
 	else \
-	  $(VENV)/bin/torchserve --start --ncs --ts-config config.properties --model-store model_store > logs_start.txt 2>&1 || { cat logs_start.txt; exit 1; }; \
+	  cfg=config.properties; \
+	  if ! nvidia-smi -L >/dev/null 2>&1; then \
+	    cfg=build/config.cpu.properties; { cat config.properties; echo default_workers_per_model=1; } > $$cfg; \
+	    echo "No GPU found: one worker using all CPU cores ($$cfg)."; fi; \
+	  $(VENV)/bin/torchserve --start --ncs --ts-config $$cfg --model-store model_store > logs_start.txt 2>&1 || { cat logs_start.txt; exit 1; }; \
 	fi
 	$(TSCTL) wait efficientnet_lite0 --timeout 300
 	@echo "Prediction for $(SAMPLE):"
