@@ -15,7 +15,7 @@ class Settings:
     autocast_cpu: bool = False  # bfloat16 autocast on CPU (slower than float32 on most CPUs)
     cuda_dtype: str = "float16"
     max_image_pixels: int = 50_000_000  # checked from the header, before decoding
-    max_body_bytes: int = 32 * 1024 * 1024  # keep max_request_size in config.properties >= this
+    max_body_bytes: int = 24 * 1024 * 1024  # image bytes; TorchServe's max_request_size: 4/3 of this + 1 MiB
     jpeg_draft: bool = True  # decode large JPEGs by DCT scaling to just above the resize size
     channels_last: bool = True
     cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0 = torch's default

@@ -65,7 +65,7 @@ class TorchServe:
             "load_models": models,
             "enable_model_api": "true",
             "disable_token_authorization": "false",
-            "max_request_size": 33554432,
+            "max_request_size": 34603008,  # as config.properties
             "metrics_mode": "prometheus",
             "default_workers_per_model": 1,
             **(extra_config or {}),
