@@ -12,7 +12,7 @@ SAMPLE ?= $(firstword $(wildcard ../shared/images/kitten.jpg) samples/kitten.jpg
 TSCTL := $(PY) -m tsctl.cli --key-file key_file.json
 PYTEST_ARGS ?=
 
-.PHONY: serve stop mar test install java clean
+.PHONY: serve stop mar test bench install java clean
 
 install: $(VENV)/.installed
 
@@ -48,7 +48,7 @@ serve: install java $(DEFAULT_MAR)
 	  if ! nvidia-smi -L >/dev/null 2>&1; then \
 	    cfg=build/config.cpu.properties; { cat config.properties; echo default_workers_per_model=1; } > $$cfg; \
 	    echo "No GPU found: one worker using all CPU cores ($$cfg)."; fi; \
-	  $(VENV)/bin/torchserve --start --ncs --ts-config $$cfg --model-store model_store > logs_start.txt 2>&1 || { cat logs_start.txt; exit 1; }; \
+	  OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/torchserve --start --ncs --ts-config $$cfg --model-store model_store > logs_start.txt 2>&1 || { cat logs_start.txt; exit 1; }; \
 	fi
 	$(TSCTL) wait efficientnet_lite0 --timeout 300
 	@echo "Prediction for $(SAMPLE):"
@@ -59,6 +59,13 @@ serve: install java $(DEFAULT_MAR)
 	@echo "  KEY=\$$(python3 -c \"import json; print(json.load(open('key_file.json'))['inference']['key'])\")"
 	@echo "  curl -H \"Authorization: Bearer \$$KEY\" http://127.0.0.1:8080/predictions/efficientnet_lite0 -T $(SAMPLE)"
 	@echo "Stop it with: make stop"
+
+# Side-by-side load test: this handler vs TorchServe's stock image_classifier vs the model alone.
+# Writes bench_results/results.md, results.json and latency_throughput.png. BENCH_ARGS=--help lists options.
+BENCH_ARGS ?=
+bench: install java $(DEFAULT_CKPT)
+	@command -v wrk >/dev/null || { echo "make bench needs wrk (Debian/Ubuntu: sudo apt-get install -y wrk)"; exit 1; }
+	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/bench.py $(BENCH_ARGS)
 
 stop:
 	-$(VENV)/bin/torchserve --stop

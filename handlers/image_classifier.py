@@ -7,7 +7,9 @@ Absolute imports on purpose: in a .mar this file sits at the archive root beside
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -41,31 +43,35 @@ class ImageClassifier(BaseHandler):
         self.autocast, self.autocast_dtype = self.settings.autocast_for(self.device)
         self.batch_size = int(props.get("batch_size") or 1)
         self.requests_served = 0
+        self.oom_splits = 0
+        # Pillow releases the GIL while decoding and resizing, so a batch decodes in parallel.
+        self.decoders = ThreadPoolExecutor(self.settings.decode_threads or os.cpu_count() or 1)
         self.last_inference_ms = None
         self.warmed_up = self.settings.warmup and self._warm_up()
         self.initialized = True
         logger.info("ready: %s v%s on %s", self.info.architecture, self.info.version, self.device)
 
     def _warm_up(self) -> bool:
+        # Every batch size TorchServe may hand us: oneDNN/cuDNN pick kernels per shape on first use.
         size = self.info.recipe.crop_size
-        for n in sorted({1, self.batch_size}):
+        for n in range(1, self.batch_size + 1):
             self._forward(torch.zeros(n, 3, size, size, dtype=torch.uint8))
         return True
 
     def preprocess(self, data):
         batch = Batch(answers=[None] * len(data), topk=[self.settings.topk] * len(data))
-        crops = []
-        for idx, item in enumerate(data):
-            try:
-                crops.append(self._decode(idx, item, batch))
+        decoded = list(self.decoders.map(self._decode, range(len(data)), data, [batch] * len(data)))
+        for idx, result in enumerate(decoded):
+            if isinstance(result, InputError):
+                batch.answers[idx] = result
+            else:
                 batch.good.append(idx)
-            except InputError as err:
-                batch.answers[idx] = err
-        if crops:
-            batch.pixels = torch.stack(crops)
+        if batch.good:
+            batch.pixels = torch.stack([decoded[i] for i in batch.good])
         return batch
 
-    def _decode(self, idx: int, item, batch: Batch) -> torch.Tensor:
+    def _decode(self, idx: int, item, batch: Batch):
+        """One request -> uint8 pixels, or the InputError to answer it with. Never raises."""
         s = self.settings
         try:
             payload = extract_payload(item, s.max_body_bytes)
@@ -74,11 +80,11 @@ class ImageClassifier(BaseHandler):
             draft = self.info.recipe.resize_size if s.jpeg_draft else None
             image = decode_image(payload.image, s.max_image_pixels, draft_size=draft)
             return recipe_pixels(image, self.info.recipe)
-        except InputError:
-            raise
+        except InputError as err:
+            return err
         except Exception as exc:  # a decoder bug must not cost the rest of the batch
             logger.exception("request %d: unexpected error while decoding", idx)
-            raise InputError(400, "undecodable_input", f"The input could not be decoded: {exc}.") from None
+            return InputError(400, "undecodable_input", f"The input could not be decoded: {exc}.")
 
     def _header(self, idx: int, name: str):
         processors = getattr(self.context, "request_processor", None)
@@ -96,15 +102,28 @@ class ImageClassifier(BaseHandler):
         start = time.perf_counter()
         if self.device.type == "cuda":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(
-            self.device.type, dtype=self.autocast_dtype, enabled=self.autocast
-        ):
-            x = normalize(pixels, self.info.recipe)
-            if self.settings.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            logits = self.model(x).float()
+        logits = self._forward_splitting_on_oom(pixels)
         self.last_inference_ms = round((time.perf_counter() - start) * 1000, 2)
         return logits
+
+    def _forward_splitting_on_oom(self, pixels: torch.Tensor) -> torch.Tensor:
+        try:
+            with torch.inference_mode(), torch.autocast(
+                self.device.type, dtype=self.autocast_dtype, enabled=self.autocast
+            ):
+                x = normalize(pixels, self.info.recipe)
+                if self.settings.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                return self.model(x).float()
+        except torch.OutOfMemoryError:
+            if len(pixels) == 1:
+                raise
+            self.oom_splits += 1
+            logger.warning("out of memory on a batch of %d: retrying in halves", len(pixels))
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(pixels) // 2
+            return torch.cat([self._forward_splitting_on_oom(p) for p in (pixels[:half], pixels[half:])])
 
     def postprocess(self, batch: Batch):
         ks = [batch.topk[i] for i in batch.good]
@@ -137,6 +156,7 @@ class ImageClassifier(BaseHandler):
             "eval_mode_verified": True,
             "warmed_up": bool(self.warmed_up),
             "requests_served": self.requests_served,
+            "oom_batch_splits": self.oom_splits,
             "last_inference_ms": self.last_inference_ms,
             **memory_stats(self.device),
         }

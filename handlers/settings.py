@@ -19,6 +19,7 @@ class Settings:
     jpeg_draft: bool = True  # decode large JPEGs by DCT scaling to just above the resize size
     channels_last: bool = True
     cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0 = torch's default
+    decode_threads: int = 0  # images of a batch decoded in parallel; 0 = one thread per core
     warmup: bool = True
 
     @classmethod

@@ -44,6 +44,7 @@ def run_batch(handler, items: list[dict], headers: list[dict] | None = None) -> 
     context.request_processor = [RequestProcessor(h) for h in (headers or [{} for _ in items])]
     context.request_ids = {i: f"req-{i}" for i in range(len(items))}
     context.metrics = _metrics()
+    context.metrics.request_ids = context.request_ids  # as Service.predict does
     out = handler.handle(items, context)
     assert isinstance(out, list) and len(out) == len(items)
     answers = []
@@ -57,6 +58,7 @@ def _metrics():
     """TorchServe's own metrics cache, configured from the metrics.yaml it ships."""
     metrics = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
     metrics.initialize_cache()
+    metrics.model_name = "test"  # as the worker sets it after loading a model
     return metrics
 
 

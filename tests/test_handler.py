@@ -141,3 +141,19 @@ def test_cuda_path_autocast_float16_same_labels(default_checkpoint, tmp_path, ph
     answers = run_batch(h, [{"body": photos[n]} for n in names])
     for name, answer in zip(names, answers):
         assert answer.body[0]["label"] in labelled_photos()[name]
+
+
+def test_out_of_memory_splits_the_batch_and_still_answers_everything(default_checkpoint, tmp_path, photos):
+    h = load_handler(default_checkpoint, tmp_path)
+    real_forward = h.model.forward
+
+    def forward_with_memory_for_two(x):
+        if len(x) > 2:
+            raise torch.OutOfMemoryError("simulated: batch too large")
+        return real_forward(x)
+
+    h.model.forward = forward_with_memory_for_two
+    names = ["dog1.jpg", "croco.jpg", "dog2.jpg", "kitten.jpg", "dog1.jpg"]
+    answers = run_batch(h, [{"body": photos[n]} for n in names])
+    assert [a.body[0]["label"] for a in answers[:3]] == ["Labrador retriever", "African crocodile", "Brittany spaniel"]
+    assert h.oom_splits >= 2 and h.describe_handle()["oom_batch_splits"] == h.oom_splits

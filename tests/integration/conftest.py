@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tests.integration.torchserve import TorchServe, bare_python
+from tsctl.local_server import TorchServe, bare_python
 
 MODEL = "efficientnet_lite0"
 

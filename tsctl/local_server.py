@@ -1,4 +1,4 @@
-"""A real TorchServe for tests: its own free ports, work dir, pid file and worker sockets."""
+"""A local TorchServe for tests and benchmarks: its own free ports, work dir, pid file and worker sockets."""
 
 from __future__ import annotations
 

@@ -1,0 +1,203 @@
+#!/usr/bin/env python
+"""`make bench`: this handler vs TorchServe's stock image_classifier vs the model alone, in one run.
+
+Both archives hold the same weights and are registered on one TorchServe with the same
+batchSize, maxBatchDelay and one worker each; wrk drives the load. Writes results.md,
+results.json and latency_throughput.png to the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from build_mar import build, model_config  # noqa: E402
+from stock_archive import build_stock_mar  # noqa: E402
+
+from handlers.checkpoint import load_classifier  # noqa: E402
+from handlers.imaging import decode_image, normalize, recipe_pixels  # noqa: E402
+from tsctl.local_server import TorchServe  # noqa: E402
+
+SIZES = {"500x375": (500, 375), "12MP": (4000, 3000)}
+HANDLERS = {"ours": "bench_ours", "stock": "bench_stock"}
+
+
+def make_images(photos: Path, out: Path) -> dict[str, list[Path]]:
+    """Each real photo, cover-cropped to each benchmark size, as a quality-90 JPEG."""
+    sets = {}
+    for size_name, (w, h) in SIZES.items():
+        folder = out / size_name
+        folder.mkdir(parents=True, exist_ok=True)
+        sets[size_name] = []
+        for photo in sorted(photos.glob("*.jpg")):
+            img = Image.open(photo).convert("RGB")
+            scale = max(w / img.width, h / img.height)
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
+            left, top = (img.width - w) // 2, (img.height - h) // 2
+            path = folder / photo.name
+            img.crop((left, top, left + w, top + h)).save(path, quality=90)
+            sets[size_name].append(path)
+    return sets
+
+
+def model_alone(checkpoint: Path, threads: int) -> dict:
+    """img/s of the bare model on random input, per memory format and batch size; best kept."""
+    torch.set_num_threads(threads)
+    results = {}
+    for channels_last in (False, True):
+        model, info = load_classifier(checkpoint, torch.device("cpu"), channels_last)
+        for batch in (1, 8, 16):
+            x = torch.randn(batch, 3, info.recipe.crop_size, info.recipe.crop_size)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                for _ in range(2):
+                    model(x)
+                n, start = 0, time.perf_counter()
+                while time.perf_counter() - start < 3:
+                    model(x)
+                    n += batch
+            results[f"{'channels_last' if channels_last else 'contiguous'} batch {batch}"] = n / (time.perf_counter() - start)
+    return results
+
+
+def accuracy(checkpoint: Path, photos: Path, image_sets: dict) -> list[dict]:
+    """Top-1 of the float32 reference pipeline (full decode) vs draft decoding, per photo and size."""
+    model, info = load_classifier(checkpoint, torch.device("cpu"))
+    labels = json.loads((photos / "labels.json").read_text())
+    rows = []
+
+    def top1(data: bytes, draft):
+        x = normalize(recipe_pixels(decode_image(data, 10**9, draft), info.recipe)[None], info.recipe)
+        with torch.inference_mode():
+            p = model(x).softmax(1)[0]
+        return int(p.argmax()), float(p.max())
+
+    for size_name, paths in [("original", sorted(photos.glob("*.jpg")))] + list(image_sets.items()):
+        for path in paths:
+            data = path.read_bytes()
+            (ref_i, ref_p), (draft_i, draft_p) = top1(data, None), top1(data, info.recipe.resize_size)
+            rows.append({"size": size_name, "photo": path.name, "reference": info.labels[ref_i],
+                         "served": info.labels[draft_i], "same_top1": ref_i == draft_i,
+                         "acceptable": labels.get(path.name), "prob_shift": draft_p - ref_p})
+    return rows
+
+
+def run_wrk(url: str, token: str, files: list[Path], concurrency: int, duration: int, bar: tqdm) -> dict:
+    env = {**os.environ, "BENCH_FILES": ":".join(map(str, files)), "BENCH_TOKEN": token}
+    cmd = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency), "-d", f"{duration}s",
+           "--timeout", "60s", "-s", str(ROOT / "scripts" / "bench.lua"), url]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ticker = threading.Thread(target=_tick, args=(proc, bar, duration), daemon=True)
+    ticker.start()
+    out, _ = proc.communicate()
+    ticker.join()
+    line = next((l for l in out.splitlines() if l.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{out}")
+    r = json.loads(line.split(" ", 1)[1])
+    seconds = r["duration_us"] / 1e6
+    return {"concurrency": concurrency, "requests": r["requests"], "throughput": r["requests"] / seconds,
+            "p50_ms": r["p50_us"] / 1000, "p90_ms": r["p90_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
+            "errors": r["non2xx"] + r["socket_errors"] + r["timeouts"]}
+
+
+def _tick(proc, bar, duration):
+    for _ in range(duration):
+        if proc.poll() is not None:
+            return
+        time.sleep(1)
+        bar.update(1)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "build" / "efficientnet_lite0.pt")
+    parser.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "images")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per load run")
+    parser.add_argument("--concurrency", default="1,8,16")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-batch-delay", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=1, help="workers per model")
+    parser.add_argument("--cpu-threads", type=int, default=0, help="this handler's torch threads per worker (0: torch default)")
+    parser.add_argument("--sizes", default=",".join(SIZES), help=f"image sizes to run, of {list(SIZES)}")
+    parser.add_argument("--handlers", default=",".join(HANDLERS), help=f"handlers to run, of {list(HANDLERS)}")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("make bench needs wrk (sudo apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    store = args.out / "model_store"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir()
+    threads = torch.get_num_threads()
+
+    print("building archives and test images ...")
+    image_sets = {k: v for k, v in make_images(args.photos, args.out / "images").items() if k in args.sizes.split(",")}
+    handlers = {k: v for k, v in HANDLERS.items() if k in args.handlers.split(",")}
+    config = model_config(ROOT / "model-config.yaml", [f"batchSize={args.batch_size}", f"maxBatchDelay={args.max_batch_delay}",
+                                                       f"handler.cpu_threads={args.cpu_threads}"])
+    build(args.checkpoint, HANDLERS["ours"], "1.0", store, config)
+    build_stock_mar(args.checkpoint, HANDLERS["stock"], store, args.batch_size, args.max_batch_delay)
+
+    print(f"model alone ({threads} torch threads) ...")
+    alone = model_alone(args.checkpoint, threads)
+    print("top-1 agreement with the float32 reference pipeline ...")
+    agreement = accuracy(args.checkpoint, args.photos, image_sets)
+
+    server = TorchServe(args.out / "torchserve", store, ",".join(f"{m}.mar" for m in handlers.values()),
+                        extra_config={"default_workers_per_model": args.workers})
+    server.start(list(handlers.values()))
+    runs = []
+    try:
+        total = len(image_sets) * len(handlers) * len(concurrencies) * args.duration
+        with tqdm(total=total, unit="s", desc="load") as bar:
+            for size_name, files in image_sets.items():
+                for handler, model in handlers.items():
+                    for c in concurrencies:
+                        bar.set_postfix_str(f"{size_name} {handler} c={c}")
+                        url = f"{server.inference_url}/predictions/{model}"
+                        result = run_wrk(url, server.keys.inference, files, c, args.duration, bar)
+                        runs.append({"size": size_name, "handler": handler, **result})
+    finally:
+        server.stop()
+
+    report = {"host": host_info(threads), "model_alone_img_s": alone, "runs": runs, "agreement": agreement,
+              "settings": {"batchSize": args.batch_size, "maxBatchDelay": args.max_batch_delay,
+                           "workers": args.workers, "cpu_threads": args.cpu_threads, "duration_s": args.duration}}
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    from bench_report import plot, markdown  # noqa: E402
+
+    (args.out / "results.md").write_text(markdown(report))
+    if set(handlers) == set(HANDLERS) and set(image_sets) == set(SIZES):
+        plot(report, args.out / "latency_throughput.png")
+    print((args.out / "results.md").read_text())
+    return 0
+
+
+def host_info(threads: int) -> dict:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "unknown")
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)")}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Turn `make bench` results into a Markdown report and a latency-throughput plot."""
+
+from __future__ import annotations
+
+
+def _run(report, size, handler, concurrency):
+    return next(r for r in report["runs"] if (r["size"], r["handler"], r["concurrency"]) == (size, handler, concurrency))
+
+
+def _best(report, size, handler):
+    return max(r["throughput"] for r in report["runs"] if (r["size"], r["handler"]) == (size, handler))
+
+
+def targets(report) -> list[tuple[str, float, str, bool]]:
+    """(what, measured ratio, target, met) for each target of the speed issue."""
+    alone = max(report["model_alone_img_s"].values())
+    conc = 8 if any(r["concurrency"] == 8 for r in report["runs"]) else max(r["concurrency"] for r in report["runs"])
+    out = []
+    big = _best(report, "12MP", "ours") / _best(report, "12MP", "stock")
+    out.append(("12 MP JPEGs: throughput vs stock handler", big, ">= 5x", big >= 5))
+    small = _best(report, "500x375", "ours") / _best(report, "500x375", "stock")
+    out.append(("500x375 JPEGs: throughput vs stock handler", small, ">= 2x", small >= 2))
+    vs_alone = _best(report, "500x375", "ours") / alone
+    out.append(("500x375 JPEGs: throughput vs model alone (best format and batch)", vs_alone, ">= 0.75x", vs_alone >= 0.75))
+    for size in ("500x375", "12MP"):
+        p99 = _run(report, size, "ours", conc)["p99_ms"] / _run(report, size, "stock", conc)["p99_ms"]
+        out.append((f"{size}: p99 latency at {conc} clients vs stock", p99, "<= 0.5x", p99 <= 0.5))
+    return out
+
+
+def markdown(report) -> str:
+    h, s = report["host"], report["settings"]
+    lines = [
+        "# Benchmark results", "",
+        f"Host: {h['cpu']}, {h['cores']} cores, torch {h['torch']} ({h['torch_threads']} threads), "
+        f"OMP_WAIT_POLICY={h.get('OMP_WAIT_POLICY')}. "
+        f"One TorchServe, both archives with the same weights, batchSize {s['batchSize']}, "
+        f"maxBatchDelay {s['maxBatchDelay']} ms, {s['workers']} worker each; wrk, {s['duration_s']} s per run.", "",
+        "## Targets", "", "| target | measured | goal | met |", "| --- | --- | --- | --- |",
+    ]
+    try:
+        for what, ratio, goal, met in targets(report):
+            lines.append(f"| {what} | {ratio:.2f}x | {goal} | {'yes' if met else 'NO'} |")
+    except (StopIteration, ValueError):  # a partial run (--sizes/--handlers): no ratios
+        lines.append("| (partial run: targets need both handlers and both sizes) | | | |")
+    lines += ["", "## Load runs", "", "| images | handler | clients | req/s | p50 ms | p90 ms | p99 ms | errors |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["runs"]:
+        lines.append(f"| {r['size']} | {r['handler']} | {r['concurrency']} | {r['throughput']:.1f} | "
+                     f"{r['p50_ms']:.0f} | {r['p90_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |")
+    lines += ["", "## Model alone (no decoding, no server)", "", "| memory format, batch | img/s |", "| --- | --- |"]
+    for k, v in report["model_alone_img_s"].items():
+        lines.append(f"| {k} | {v:.1f} |")
+    rows = report["agreement"]
+    same = sum(r["same_top1"] for r in rows)
+    shift = max(abs(r["prob_shift"]) for r in rows)
+    lines += ["", "## Top-1 agreement with the float32 reference pipeline (full decode)", "",
+              f"{same}/{len(rows)} images have the same top-1 with JPEG draft decoding; the largest "
+              f"change of the top-1 probability is {shift:.3f}.", "",
+              "| images | photo | reference top-1 | served top-1 | probability shift |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['photo']} | {r['reference']} | {r['served']} | {r['prob_shift']:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, size in zip(axes, ("500x375", "12MP")):
+        for handler, style in (("ours", "o-"), ("stock", "s--")):
+            runs = sorted((r for r in report["runs"] if (r["size"], r["handler"]) == (size, handler)),
+                          key=lambda r: r["concurrency"])
+            ax.plot([r["throughput"] for r in runs], [r["p99_ms"] for r in runs], style, label=f"{handler} p99")
+            ax.plot([r["throughput"] for r in runs], [r["p50_ms"] for r in runs], style, alpha=0.4, label=f"{handler} p50")
+            for r in runs:
+                ax.annotate(f"c={r['concurrency']}", (r["throughput"], r["p99_ms"]), fontsize=7)
+        ax.set_title(f"{size} JPEGs")
+        ax.set_xlabel("throughput (req/s)")
+        ax.set_ylabel("latency (ms)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
