@@ -21,6 +21,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c "from tsctl.grpc_client import generate_stubs; print('gRPC stubs in', generate_stubs())"
 	touch $@
 
 java:
@@ -36,9 +37,10 @@ $(DEFAULT_CKPT): | install
 $(DEFAULT_MAR): $(DEFAULT_CKPT) $(wildcard handlers/*.py) model-config.yaml | install
 	$(PY) scripts/build_mar.py --checkpoint $(DEFAULT_CKPT) --model-name efficientnet_lite0 --version 1.0
 
-# Archive any checkpoint in this project's format: make mar CHECKPOINT=x.pt MODEL_NAME=y VERSION=2.0
+# Archive any checkpoint in this project's format: make mar CHECKPOINT=x.pt MODEL_NAME=y VERSION=2.0 [MAR_DIR=dir]
+MAR_DIR ?= model_store
 mar: install
-	$(PY) scripts/build_mar.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION)
+	$(PY) scripts/build_mar.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION) --export-path $(MAR_DIR)
 
 serve: install java $(DEFAULT_MAR)
 	@if $(VENV)/bin/python -c "import sys,psutil,tempfile,os; p=os.path.join(tempfile.gettempdir(),'.model_server.pid'); sys.exit(0 if os.path.exists(p) and psutil.pid_exists(int(open(p).read().split()[0])) else 1)"; then \

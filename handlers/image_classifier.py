@@ -20,6 +20,7 @@ from handlers.checkpoint import assert_inference_ready, load_classifier
 from handlers.device import memory_stats, select_device
 from handlers.errors import InputError
 from handlers.imaging import decode_image, normalize, recipe_pixels
+from handlers.metrics import HandlerMetrics
 from handlers.payload import extract_payload, parse_topk
 from handlers.predictions import top_k
 from handlers.settings import Settings
@@ -47,6 +48,8 @@ class ImageClassifier(BaseHandler):
         # Pillow releases the GIL while decoding and resizing, so a batch decodes in parallel.
         self.decoders = ThreadPoolExecutor(self.settings.decode_threads or os.cpu_count() or 1)
         self.last_inference_ms = None
+        self.last_inference_at = None
+        self.metrics = HandlerMetrics(None, context.model_name)
         self.warmed_up = self.settings.warmup and self._warm_up()
         self.initialized = True
         logger.info("ready: %s v%s on %s", self.info.architecture, self.info.version, self.device)
@@ -58,16 +61,24 @@ class ImageClassifier(BaseHandler):
             self._forward(torch.zeros(n, 3, size, size, dtype=torch.uint8))
         return True
 
+    def handle(self, data, context):
+        self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
+        return super().handle(data, context)
+
     def preprocess(self, data):
+        start = time.perf_counter()
         batch = Batch(answers=[None] * len(data), topk=[self.settings.topk] * len(data))
         decoded = list(self.decoders.map(self._decode, range(len(data)), data, [batch] * len(data)))
         for idx, result in enumerate(decoded):
             if isinstance(result, InputError):
                 batch.answers[idx] = result
+                self.metrics.input_error(result.type)
             else:
                 batch.good.append(idx)
         if batch.good:
             batch.pixels = torch.stack([decoded[i] for i in batch.good])
+        self.metrics.batch(len(data))
+        self.metrics.stage("decode", (time.perf_counter() - start) * 1000)
         return batch
 
     def _decode(self, idx: int, item, batch: Batch):
@@ -95,7 +106,11 @@ class ImageClassifier(BaseHandler):
 
     def inference(self, batch: Batch, *args, **kwargs):
         if batch.pixels is not None:
+            splits = self.oom_splits
             batch.logits = self._forward(batch.pixels)
+            self.metrics.stage("inference", self.last_inference_ms)
+            for _ in range(self.oom_splits - splits):
+                self.metrics.oom_split()
         return batch
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -104,6 +119,7 @@ class ImageClassifier(BaseHandler):
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         logits = self._forward_splitting_on_oom(pixels)
         self.last_inference_ms = round((time.perf_counter() - start) * 1000, 2)
+        self.last_inference_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         return logits
 
     def _forward_splitting_on_oom(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -126,6 +142,12 @@ class ImageClassifier(BaseHandler):
             return torch.cat([self._forward_splitting_on_oom(p) for p in (pixels[:half], pixels[half:])])
 
     def postprocess(self, batch: Batch):
+        start = time.perf_counter()
+        out = self._answers(batch)
+        self.metrics.stage("postprocess", (time.perf_counter() - start) * 1000)
+        return out
+
+    def _answers(self, batch: Batch) -> list:
         ks = [batch.topk[i] for i in batch.good]
         for idx, answer in zip(batch.good, top_k(batch.logits, self.info.labels, ks) if ks else []):
             batch.answers[idx] = answer
@@ -158,5 +180,6 @@ class ImageClassifier(BaseHandler):
             "requests_served": self.requests_served,
             "oom_batch_splits": self.oom_splits,
             "last_inference_ms": self.last_inference_ms,
+            "last_inference_at": self.last_inference_at,
             **memory_stats(self.device),
         }

@@ -56,7 +56,8 @@ def model_config(base: Path, overrides: list[str]) -> dict:
     return config
 
 
-def build(checkpoint: Path, name: str, version: str, export: Path, config: dict) -> Path:
+def build(checkpoint: Path, name: str, version: str, export: Path, config: dict,
+          handler: Path = PACKAGE / "image_classifier.py") -> Path:
     """Stage the handler package and config, then run torch-model-archiver."""
     export.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +72,7 @@ def build(checkpoint: Path, name: str, version: str, export: Path, config: dict)
                 "--model-name", name,
                 "--version", version,
                 "--serialized-file", str(checkpoint),
-                "--handler", str(PACKAGE / "image_classifier.py"),
+                "--handler", str(handler),
                 "--extra-files", str(extra),
                 "--config-file", str(config_file),
                 "--export-path", str(export),
@@ -89,6 +90,8 @@ def main(argv=None) -> int:
     parser.add_argument("--version", default="1.0")
     parser.add_argument("--export-path", default=ROOT / "model_store", type=Path)
     parser.add_argument("--config", default=ROOT / "model-config.yaml", type=Path, help="base model-config.yaml")
+    parser.add_argument("--handler", type=Path, default=PACKAGE / "image_classifier.py",
+                        help="handler entry file (a subclass of handlers.image_classifier.ImageClassifier)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model-config.yaml key, e.g. batchSize=4 or handler.topk=3")
     args = parser.parse_args(argv)
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    mar = build(args.checkpoint, args.model_name, args.version, args.export_path, config)
+    mar = build(args.checkpoint, args.model_name, args.version, args.export_path, config, args.handler)
     print(f"wrote {mar}: {summary}")
     return 0
 

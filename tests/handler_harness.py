@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import ts
 import yaml
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from handlers.image_classifier import ImageClassifier
+
+METRICS_YAML = Path(__file__).resolve().parents[1] / "metrics.yaml"  # the one config.properties names
 
 
 def make_context(model_dir: Path, checkpoint_name: str, config: dict | None = None, batch_size: int = 8, gpu=None):
@@ -56,7 +57,7 @@ def run_batch(handler, items: list[dict], headers: list[dict] | None = None) -> 
 
 def _metrics():
     """TorchServe's own metrics cache, configured from the metrics.yaml it ships."""
-    metrics = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+    metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_YAML))
     metrics.initialize_cache()
     metrics.model_name = "test"  # as the worker sets it after loading a model
     return metrics

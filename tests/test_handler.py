@@ -157,3 +157,15 @@ def test_out_of_memory_splits_the_batch_and_still_answers_everything(default_che
     answers = run_batch(h, [{"body": photos[n]} for n in names])
     assert [a.body[0]["label"] for a in answers[:3]] == ["Labrador retriever", "African crocodile", "Brittany spaniel"]
     assert h.oom_splits >= 2 and h.describe_handle()["oom_batch_splits"] == h.oom_splits
+
+
+def test_handler_metrics_reach_torchserves_metrics_cache(handler, photos, caplog):
+    caplog.set_level("INFO", logger="ts.metrics.caching_metric")
+    run_batch(handler, [{"body": photos["dog1.jpg"]}, {"body": b"not an image, just text"}])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
+    names = {line.split("[METRICS]")[1].split(".")[0] for line in lines}
+    assert {"ImageClassifierStageMilliseconds", "ImageClassifierBatches", "ImageClassifierBatchedRequests",
+            "ImageClassifierInputErrors"} <= names
+    assert any("ImageClassifierInputErrors" in l and "ErrorType:not_an_image" in l for l in lines)
+    assert any("Stage:inference" in l for l in lines) and any("Stage:decode" in l for l in lines)
+    assert not any("Failed to update metric" in r.getMessage() for r in caplog.records)

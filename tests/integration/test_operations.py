@@ -1,0 +1,147 @@
+"""Operations against a real TorchServe: gRPC, metrics, token refresh, and gated rollouts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+import torch
+
+from handlers.checkpoint import read_checkpoint, save_checkpoint
+from tests.conftest import IMAGES, ROOT
+from tests.integration.conftest import METRICS_YAML, build_mar
+from tsctl.grpc_client import GrpcClient
+from tsctl.local_server import TorchServe
+from tsctl.rollout import Gate, State, rollback, rollout
+
+pytestmark = pytest.mark.integration
+MODEL = "classifier"
+FAST = ["batchSize=4", "maxBatchDelay=10"]
+
+
+@pytest.fixture(scope="module")
+def ops(default_checkpoint, tmp_path_factory):
+    store = tmp_path_factory.mktemp("ops-store")
+    build_mar(default_checkpoint, store, MODEL, "1.0", FAST)
+    ts = TorchServe(tmp_path_factory.mktemp("ops-ts"), store, f"{MODEL}.mar",
+                    extra_config={"metrics_config": METRICS_YAML})
+    ts.start([MODEL])
+    ts.store = store
+    yield ts
+    ts.stop()
+
+
+@pytest.fixture(scope="module")
+def archives(default_checkpoint, tmp_path_factory):
+    """v2.0: same weights; v3.0: classifier rows shuffled; v4.0: starts failing after 30 batches."""
+    out = tmp_path_factory.mktemp("archives")
+    state_dict, info = read_checkpoint(default_checkpoint)
+    perm = torch.randperm(len(info.labels), generator=torch.Generator().manual_seed(0))
+    shuffled = {k: (v[perm] if k.startswith("classifier.") else v) for k, v in state_dict.items()}
+    save_checkpoint(out / "shuffled.pt", shuffled, info.architecture, info.recipe, info.labels, "3.0")
+    paths = {}
+    for version, ckpt, handler in [("2.0", default_checkpoint, None), ("3.0", out / "shuffled.pt", None),
+                                   ("4.0", default_checkpoint, ROOT / "tests" / "fixtures" / "flaky_handler.py")]:
+        folder = out / version
+        folder.mkdir()
+        paths[version] = build_mar(ckpt, folder, MODEL, version, FAST, handler=handler)
+    return paths
+
+
+class Traffic:
+    """Unversioned requests in the background; every status code is kept."""
+
+    def __init__(self, server, body: bytes):
+        self.server, self.body, self.codes, self._stop = server, body, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.codes.append(self.server.post(MODEL, data=self.body).status_code)
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+
+def do_rollout(ops, mar, **kw):
+    gate = Gate(**{k: kw.pop(k) for k in list(kw) if k in Gate.__dataclass_fields__})
+    log = []
+    code = rollout(ops.client, MODEL, mar, IMAGES, ops.store, gate, watch_s=kw.get("watch", 4),
+                   max_error_rate=0.05, grace_s=1, workers=1, state=State(ops.workdir / "state.json"), log=log.append)
+    return code, "\n".join(log)
+
+
+def test_grpc_predict_returns_the_right_label(ops):
+    client = GrpcClient(f"127.0.0.1:{ops.ports['grpc']}", f"127.0.0.1:{ops.ports['grpc_mgmt']}", ops.workdir / "key_file.json")
+    answer = json.loads(client.predict(MODEL, (IMAGES / "dog1.jpg").read_bytes()))
+    assert answer[0]["label"] == "Labrador retriever"
+    assert json.loads(client.describe(MODEL))[0]["modelName"] == MODEL
+    with pytest.raises(RuntimeError, match="400 not_an_image"):
+        client.predict(MODEL, b"not an image")
+
+
+def test_tsctl_predict_over_grpc(ops):
+    out = subprocess.run([sys.executable, "-m", "tsctl.cli", "--key-file", str(ops.workdir / "key_file.json"),
+                          "predict", "--grpc", "--grpc-target", f"127.0.0.1:{ops.ports['grpc']}", MODEL,
+                          str(IMAGES / "croco.jpg")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "African crocodile" in out.stdout
+
+
+def test_prometheus_endpoint_exposes_the_handler_metrics(ops):
+    ops.post(MODEL, data=(IMAGES / "dog2.jpg").read_bytes())
+    ops.post(MODEL, data=b"plain text, not an image")
+    text = requests.get(f"{ops.config['metrics_address']}/metrics", timeout=30).text
+    for name in ("ImageClassifierStageMilliseconds", "ImageClassifierBatches", "ImageClassifierInputErrors"):
+        assert name in text, name
+    assert 'ErrorType="not_an_image"' in text and 'Stage="inference"' in text
+
+
+def test_expired_keys_are_refreshed_with_the_api_key(ops):
+    before = ops.keys.inference
+    ops.client.refresh_key("inference")
+    assert ops.keys.inference != before
+    assert ops.client.predict(MODEL, (IMAGES / "dog1.jpg").read_bytes()).status_code == 200
+
+
+def test_good_version_is_promoted_while_unversioned_requests_all_succeed(ops, archives):
+    with Traffic(ops, (IMAGES / "kitten.jpg").read_bytes()) as traffic:
+        code, log = do_rollout(ops, archives["2.0"])
+    assert code == 0, log
+    assert ops.client.default_version(MODEL) == "2.0" and ops.client.versions(MODEL) == ["2.0"]
+    assert traffic.codes and set(traffic.codes) == {200}, traffic.codes
+
+
+def test_rollback_returns_to_the_previous_default_and_back(ops):
+    state = State(ops.workdir / "state.json")
+    assert rollback(ops.client, MODEL, state, workers=1, log=print) == 0
+    assert ops.client.default_version(MODEL) == "1.0"
+    assert rollback(ops.client, MODEL, state, workers=1, log=print) == 0
+    assert ops.client.default_version(MODEL) == "2.0"
+    ops.client.unregister(MODEL, "1.0")
+
+
+def test_shuffled_classifier_is_refused_and_the_default_is_unchanged(ops, archives):
+    with Traffic(ops, (IMAGES / "dog.jpg").read_bytes()) as traffic:
+        code, log = do_rollout(ops, archives["3.0"])
+    assert code == 1 and "top-1 agreement" in log and "refused" in log, log
+    assert ops.client.default_version(MODEL) == "2.0" and ops.client.versions(MODEL) == ["2.0"]
+    assert set(traffic.codes) == {200}
+
+
+def test_version_failing_after_promotion_is_rolled_back(ops, archives):
+    code, log = do_rollout(ops, archives["4.0"], watch=20)
+    assert code == 1 and "rolled back to v2.0" in log and "error rate" in log, log
+    assert ops.client.default_version(MODEL) == "2.0" and ops.client.versions(MODEL) == ["2.0"]
+    assert ops.post(MODEL, data=(IMAGES / "dog1.jpg").read_bytes()).status_code == 200
