@@ -85,7 +85,12 @@ def build_architecture(name: str, num_classes: int) -> nn.Module:
 
 
 def load_classifier(path, device: torch.device, channels_last: bool = False) -> tuple[nn.Module, ModelInfo]:
-    """Checkpoint file -> (model in eval mode on `device`, info). Raises ValueError on any mismatch."""
+    """Checkpoint or program file -> (model in eval mode on `device`, info). ValueError on any mismatch."""
+    from .programs import detect_format, load_program
+
+    kind = detect_format(path)
+    if kind != "checkpoint":
+        return load_program(path, kind, device, channels_last)
     state_dict, info = read_checkpoint(path)
     model = build_architecture(info.architecture, num_classes=len(info.labels))
     try:

@@ -1,0 +1,92 @@
+"""Bring your own model: training checkpoints converted, programs exported and served in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from handlers.checkpoint import build_architecture, load_classifier, read_checkpoint
+from handlers.conversion import extract_state_dict, load_training_checkpoint, read_labels, recipe_for, strip_prefixes
+from handlers.programs import detect_format
+from handlers.recipe import Recipe
+from tests.conftest import ROOT, labelled_photos
+from tests.byom_fixtures import converted_default, exported, imagenet_labels, script  # noqa: F401
+from tests.handler_harness import load_handler, run_batch
+
+
+@pytest.mark.parametrize("layout", ["bare", "model_state_dict", "state_dict", "model"])
+@pytest.mark.parametrize("prefix", ["", "module.", "_orig_mod.", "module._orig_mod."])
+def test_training_layouts_and_prefixes(layout, prefix):
+    sd = build_architecture("torchvision:resnet18", 4).state_dict()
+    wrapped = {prefix + k: v for k, v in sd.items()}
+    obj = wrapped if layout == "bare" else {layout: wrapped, "optimizer": {"lr": 0.1}, "epoch": 3}
+    out = strip_prefixes(extract_state_dict(obj), sd.keys())
+    assert out.keys() == sd.keys()
+
+
+def test_labels_from_index_to_name_list_and_text(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"1": ["n1", "dog"], "0": ["n0", "cat"]}))
+    (tmp_path / "b.json").write_text(json.dumps(["cat", "dog"]))
+    (tmp_path / "c.txt").write_text("cat\ndog\n")
+    assert read_labels(tmp_path / "a.json") == read_labels(tmp_path / "b.json") == read_labels(tmp_path / "c.txt") == ["cat", "dog"]
+    (tmp_path / "gap.json").write_text(json.dumps({"0": "cat", "2": "dog"}))
+    with pytest.raises(ValueError, match="without gaps"):
+        read_labels(tmp_path / "gap.json")
+
+
+def test_recipe_from_timm_or_refused():
+    assert recipe_for("timm:tf_efficientnet_lite0", None).mean == (0.5, 0.5, 0.5)
+    assert recipe_for("torchvision:resnet18", {"crop_size": 64, "resize_size": 72}) == Recipe(64, 72)
+    with pytest.raises(ValueError, match="no preprocessing recipe"):
+        recipe_for("torchvision:resnet18", None)
+
+
+def test_arbitrary_pickles_are_refused_unless_opted_in(tmp_path):
+    path = tmp_path / "full_model.pt"
+    torch.save(build_architecture("torchvision:resnet18", 2), path)  # a pickled nn.Module
+    with pytest.raises(ValueError, match="arbitrary unpickling"):
+        load_training_checkpoint(path)
+    assert isinstance(load_training_checkpoint(path, allow_unsafe=True), torch.nn.Module)
+
+
+def test_convert_command_validates_and_refuses_mismatches(tmp_path):
+    sd = build_architecture("torchvision:resnet18", 3).state_dict()
+    torch.save({"model_state_dict": {"module." + k: v for k, v in sd.items()}, "optimizer_state_dict": {}}, tmp_path / "train.ckpt")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    recipe = json.dumps({"crop_size": 64, "resize_size": 72})
+    ok = script("convert_checkpoint.py", "--input", tmp_path / "train.ckpt", "--architecture", "torchvision:resnet18",
+                "--labels", tmp_path / "labels.txt", "--recipe", recipe, "--output", tmp_path / "m.pt")
+    assert ok.returncode == 0, ok.stderr
+    _, info = read_checkpoint(tmp_path / "m.pt")
+    assert info.labels == ("a", "b", "c") and info.recipe.crop_size == 64
+    (tmp_path / "five.txt").write_text("a\nb\nc\nd\ne\n")
+    bad = script("convert_checkpoint.py", "--input", tmp_path / "train.ckpt", "--architecture", "torchvision:resnet18",
+                 "--labels", tmp_path / "five.txt", "--recipe", recipe, "--output", tmp_path / "bad.pt")
+    assert bad.returncode == 2 and "fc.weight" in bad.stderr
+    unknown = script("convert_checkpoint.py", "--input", tmp_path / "train.ckpt", "--architecture", "timm:nope_net",
+                     "--labels", tmp_path / "labels.txt", "--output", tmp_path / "x.pt")
+    assert unknown.returncode == 2 and "unknown" in unknown.stderr
+
+
+def test_formats_are_detected(converted_default, exported):
+    assert detect_format(converted_default) == "checkpoint"
+    assert detect_format(exported["torchscript"]) == "torchscript"
+    assert detect_format(exported["export"]) == "export"
+
+
+@pytest.mark.parametrize("fmt", ["checkpoint", "torchscript", "export"])
+def test_default_weights_through_each_path_classify_the_photos(fmt, converted_default, exported, photos, tmp_path):
+    path = converted_default if fmt == "checkpoint" else exported[fmt]
+    handler = load_handler(path, tmp_path)
+    names = [n for n, ok in labelled_photos().items() if ok]
+    for name, answer in zip(names, run_batch(handler, [{"body": photos[n]} for n in names])):
+        assert answer.body[0]["label"] in labelled_photos()[name], (fmt, name, answer.body[0])
+
+
+def test_export_writes_nothing_when_verification_fails(default_checkpoint, tmp_path):
+    out = script("export_model.py", "--checkpoint", default_checkpoint, "--format", "torchscript",
+                 "--output", tmp_path / "m.ts.pt", "--tolerance", "-1")
+    assert out.returncode == 2 and "does not match" in out.stderr
+    assert list(tmp_path.iterdir()) == []
