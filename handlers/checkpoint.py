@@ -22,6 +22,7 @@ class ModelInfo:
     recipe: Recipe
     labels: tuple[str, ...]
     version: str
+    unsafe_source: bool = False  # converted with an explicit opt-in to arbitrary unpickling
 
 
 def save_checkpoint(path, state_dict: dict, architecture: str, recipe: Recipe, labels, version: str) -> None:
@@ -62,12 +63,17 @@ def read_checkpoint(path) -> tuple[dict, ModelInfo]:
         recipe=Recipe.from_dict(ckpt["recipe"]),
         labels=tuple(str(x) for x in ckpt["labels"]),
         version=str(ckpt["version"]),
+        unsafe_source=bool(ckpt.get("unsafe_source", False)),
     )
     return ckpt["state_dict"], info
 
 
 def build_architecture(name: str, num_classes: int) -> nn.Module:
-    """'timm:NAME' or 'torchvision:NAME' (a bare NAME tries timm, then torchvision), untrained."""
+    """'timm:NAME', 'torchvision:NAME' (a bare NAME tries timm, then torchvision), or
+    'file:MODULE.py' (TorchServe's eager convention: the one nn.Module class that file defines,
+    importable from the model directory), untrained."""
+    if name.startswith("file:"):
+        return _from_model_file(name[len("file:"):], num_classes)
     source, _, arch = name.rpartition(":")
     if source in ("", "timm"):
         import timm
@@ -82,6 +88,21 @@ def build_architecture(name: str, num_classes: int) -> nn.Module:
         if arch in torchvision.models.list_models():
             return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     raise ValueError(f"unknown architecture {name!r}: use 'timm:NAME' or 'torchvision:NAME'")
+
+
+def _from_model_file(file_name: str, num_classes: int) -> nn.Module:
+    import importlib
+    import inspect
+
+    module = importlib.import_module(Path(file_name).stem)
+    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
+               if issubclass(c, nn.Module) and c.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise ValueError(f"model file {file_name} must define exactly one nn.Module class, found {[c.__name__ for c in classes]}")
+    try:
+        return classes[0](num_classes=num_classes)
+    except TypeError:
+        return classes[0]()
 
 
 def load_classifier(path, device: torch.device, channels_last: bool = False) -> tuple[nn.Module, ModelInfo]:
@@ -105,6 +126,12 @@ def load_classifier(path, device: torch.device, channels_last: bool = False) -> 
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     model.eval().requires_grad_(False)
     return model, info
+
+
+def quantize_linear_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of nn.Linear layers (CPU); activations stay float."""
+    quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    return quantized.eval().requires_grad_(False)
 
 
 def assert_inference_ready(model: nn.Module) -> None:

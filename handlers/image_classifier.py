@@ -16,7 +16,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.batch import Batch
-from handlers.checkpoint import assert_inference_ready, load_classifier
+from handlers.checkpoint import assert_inference_ready, load_classifier, quantize_linear_int8
 from handlers.device import memory_stats, select_device
 from handlers.errors import InputError
 from handlers.imaging import decode_image, normalize, recipe_pixels
@@ -40,6 +40,8 @@ class ImageClassifier(BaseHandler):
             torch.set_num_threads(self.settings.cpu_threads)
         checkpoint = Path(props["model_dir"]) / context.manifest["model"]["serializedFile"]
         self.model, self.info = load_classifier(checkpoint, self.device, self.settings.channels_last)
+        if self.settings.quantize_int8 and self.device.type == "cpu":
+            self.model = quantize_linear_int8(self.model)
         assert_inference_ready(self.model)
         self.autocast, self.autocast_dtype = self.settings.autocast_for(self.device)
         self.batch_size = int(props.get("batch_size") or 1)
@@ -176,6 +178,8 @@ class ImageClassifier(BaseHandler):
             "dtype": str(self.autocast_dtype if self.autocast else torch.float32).replace("torch.", ""),
             "autocast": self.autocast,
             "eval_mode_verified": True,
+            "int8_linear": self.settings.quantize_int8 and self.device.type == "cpu",
+            "unsafe_source": self.info.unsafe_source,
             "warmed_up": bool(self.warmed_up),
             "requests_served": self.requests_served,
             "oom_batch_splits": self.oom_splits,

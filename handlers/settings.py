@@ -21,6 +21,7 @@ class Settings:
     cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0 = torch's default
     decode_threads: int = 0  # images of a batch decoded in parallel; 0 = one thread per core
     warmup: bool = True
+    quantize_int8: bool = False  # CPU only: dynamic int8 quantization of nn.Linear layers
 
     @classmethod
     def from_model_yaml(cls, model_yaml_config: dict | None) -> "Settings":

@@ -8,6 +8,7 @@ checkpoint that does not fit its architecture fails here, not at the first reque
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -57,13 +58,15 @@ def model_config(base: Path, overrides: list[str]) -> dict:
 
 
 def build(checkpoint: Path, name: str, version: str, export: Path, config: dict,
-          handler: Path = PACKAGE / "image_classifier.py") -> Path:
+          handler: Path = PACKAGE / "image_classifier.py", model_file: Path | None = None) -> Path:
     """Stage the handler package and config, then run torch-model-archiver."""
     export.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp)
         extra = stage / "extra"
         shutil.copytree(PACKAGE, extra / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        if model_file:  # TorchServe's eager convention: the model's class travels beside the handler
+            shutil.copy(model_file, extra / model_file.name)
         config_file = stage / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run(
@@ -83,6 +86,23 @@ def build(checkpoint: Path, name: str, version: str, export: Path, config: dict,
     return export / f"{name}.mar"
 
 
+def eager_checkpoint(state_dict_file: Path, model_file: Path, labels: Path, recipe: str, version: str, out: Path) -> Path:
+    """A plain state dict + model file + labels + recipe -> a checkpoint in this project's format."""
+    from handlers.checkpoint import save_checkpoint
+    from handlers.conversion import extract_state_dict, load_training_checkpoint, read_labels
+    from handlers.recipe import Recipe
+
+    if not recipe:
+        raise ValueError("a plain state dict needs --recipe (JSON: crop_size, resize_size, interpolation, mean, std)")
+    if not labels:
+        raise ValueError("a plain state dict needs --labels (index_to_name.json, a JSON list or a text file)")
+    sys.path.insert(0, str(model_file.resolve().parent))
+    state_dict = extract_state_dict(load_training_checkpoint(state_dict_file))
+    save_checkpoint(out, state_dict, f"file:{model_file.name}", Recipe.from_dict(json.loads(recipe)),
+                    read_labels(labels), version)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, type=Path)
@@ -92,16 +112,26 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=ROOT / "model-config.yaml", type=Path, help="base model-config.yaml")
     parser.add_argument("--handler", type=Path, default=PACKAGE / "image_classifier.py",
                         help="handler entry file (a subclass of handlers.image_classifier.ImageClassifier)")
+    parser.add_argument("--model-file", type=Path,
+                        help="TorchServe's eager convention: --checkpoint is then a plain state dict of the one "
+                             "nn.Module class this file defines; needs --labels and --recipe")
+    parser.add_argument("--labels", type=Path, help="with --model-file: index_to_name.json, a JSON list or a text file")
+    parser.add_argument("--recipe", help='with --model-file: JSON, e.g. {"crop_size": 224, "resize_size": 256}')
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model-config.yaml key, e.g. batchSize=4 or handler.topk=3")
     args = parser.parse_args(argv)
-    try:
-        config = model_config(args.config, args.set)
-        summary = validate(args.checkpoint, Settings.from_model_yaml(config))
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    mar = build(args.checkpoint, args.model_name, args.version, args.export_path, config, args.handler)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            config = model_config(args.config, args.set)
+            checkpoint = args.checkpoint
+            if args.model_file:
+                checkpoint = eager_checkpoint(args.checkpoint, args.model_file, args.labels, args.recipe,
+                                              args.version, Path(tmp) / f"{args.model_name}.pt")
+            summary = validate(checkpoint, Settings.from_model_yaml(config))
+        except (ValueError, RuntimeError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        mar = build(checkpoint, args.model_name, args.version, args.export_path, config, args.handler, args.model_file)
     print(f"wrote {mar}: {summary}")
     return 0
 

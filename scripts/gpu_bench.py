@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The handler in-process on a CUDA GPU (TorchServe's Context, no Java): throughput and top-1
 agreement at batch 1, 8 and 64 for float32, autocast float16, and a stock-style pipeline
-(full CPU decode, float32). `--device cpu` runs the same on the CPU as a smoke test."""
+(full CPU decode, float32). `--device cpu` runs the same on the CPU (adding dynamic int8
+quantization of the Linear layers)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,10 @@ def main(argv=None) -> int:
     bodies = [(args.photos / n).read_bytes() for n in names]
     gpu = 0 if args.device == "cuda" else None
     rows, reference = [], None
-    for variant, settings in VARIANTS.items():
+    variants = dict(VARIANTS)
+    if args.device == "cpu":
+        variants["int8 dynamic Linear (CPU)"] = {"quantize_int8": True, "jpeg_draft": True}
+    for variant, settings in variants.items():
         handler = load_handler(args.checkpoint, Path(tempfile.mkdtemp()), {"handler": settings}, batch_size=64, gpu=gpu)
         top1 = [a.body[0]["label"] for a in run_batch(handler, [{"body": b} for b in bodies])]
         reference = reference or top1

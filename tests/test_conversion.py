@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -90,3 +91,75 @@ def test_export_writes_nothing_when_verification_fails(default_checkpoint, tmp_p
                  "--output", tmp_path / "m.ts.pt", "--tolerance", "-1")
     assert out.returncode == 2 and "does not match" in out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+MODEL_FILE = """import torch
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+"""
+
+
+def tiny_eager(tmp_path):
+    (tmp_path / "tiny_net.py").write_text(MODEL_FILE)
+    sys.path.insert(0, str(tmp_path))
+    import importlib
+
+    net = importlib.import_module("tiny_net").TinyNet()
+    torch.save(net.state_dict(), tmp_path / "weights.pth")
+    (tmp_path / "index_to_name.json").write_text(json.dumps({"0": "red", "1": "green", "2": "blue"}))
+    return net
+
+
+def test_eager_model_file_convention_is_archived_and_served(tmp_path, photos):
+    tiny_eager(tmp_path)
+    out = script("build_mar.py", "--checkpoint", tmp_path / "weights.pth", "--model-file", tmp_path / "tiny_net.py",
+                 "--labels", tmp_path / "index_to_name.json", "--recipe", '{"crop_size": 32, "resize_size": 36}',
+                 "--model-name", "tiny", "--export-path", tmp_path / "store")
+    assert out.returncode == 0, out.stderr
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "store" / "tiny.mar") as mar:
+        assert {"tiny_net.py", "tiny.pt", "handlers/checkpoint.py"} <= set(mar.namelist())
+        mar.extractall(tmp_path / "unpacked")
+    handler = load_handler(tmp_path / "unpacked" / "tiny.pt", tmp_path / "unpacked")
+    answer = run_batch(handler, [{"body": photos["dog1.jpg"]}])[0]
+    assert answer.status == 200 and {a["label"] for a in answer.body} == {"red", "green", "blue"}
+
+
+def test_eager_model_file_needs_labels_and_recipe(tmp_path):
+    tiny_eager(tmp_path)
+    out = script("build_mar.py", "--checkpoint", tmp_path / "weights.pth", "--model-file", tmp_path / "tiny_net.py",
+                 "--labels", tmp_path / "index_to_name.json", "--model-name", "tiny", "--export-path", tmp_path / "s")
+    assert out.returncode == 2 and "--recipe" in out.stderr
+
+
+def test_int8_linear_quantization_keeps_top1_on_the_photos(default_checkpoint, tmp_path, photos):
+    names = [n for n, ok in labelled_photos().items() if ok]
+    plain = load_handler(default_checkpoint, tmp_path / "a")
+    quant = load_handler(default_checkpoint, tmp_path / "b", config={"handler": {"quantize_int8": True}})
+    assert quant.describe_handle()["int8_linear"] is True
+    items = [{"body": photos[n]} for n in names]
+    for p, q in zip(run_batch(plain, items), run_batch(quant, items)):
+        assert p.body[0]["label"] == q.body[0]["label"]
+        assert abs(p.body[0]["probability"] - q.body[0]["probability"]) < 0.05
+
+
+def test_unsafe_opt_in_is_recorded(tmp_path):
+    model = build_architecture("torchvision:resnet18", 2)
+    torch.save(model, tmp_path / "pickled.pt")
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    args = ["--input", tmp_path / "pickled.pt", "--architecture", "torchvision:resnet18", "--labels", tmp_path / "labels.txt",
+            "--recipe", '{"crop_size": 32, "resize_size": 36}', "--output", tmp_path / "m.pt"]
+    refused = script("convert_checkpoint.py", *args)
+    assert refused.returncode == 2 and "arbitrary unpickling" in refused.stderr
+    allowed = script("convert_checkpoint.py", *args, "--allow-unsafe-pickle")
+    assert allowed.returncode == 0, allowed.stderr
+    assert read_checkpoint(tmp_path / "m.pt")[1].unsafe_source is True
