@@ -38,7 +38,8 @@ def validate(checkpoint: Path, settings: Settings) -> str:
             f"{checkpoint}: model outputs {tuple(logits.shape)} for 2 images; "
             f"expected (2, {len(info.labels)}) for {len(info.labels)} labels"
         )
-    return f"{info.architecture} v{info.version}, {len(info.labels)} classes, input {size}x{size}"
+    unsafe = " - WARNING: converted with --allow-unsafe-pickle (unsafe_source is recorded)" if info.unsafe_source else ""
+    return f"{info.architecture} v{info.version}, {len(info.labels)} classes, input {size}x{size}{unsafe}"
 
 
 def model_config(base: Path, overrides: list[str]) -> dict:

@@ -163,3 +163,5 @@ def test_unsafe_opt_in_is_recorded(tmp_path):
     allowed = script("convert_checkpoint.py", *args, "--allow-unsafe-pickle")
     assert allowed.returncode == 0, allowed.stderr
     assert read_checkpoint(tmp_path / "m.pt")[1].unsafe_source is True
+    archived = script("build_mar.py", "--checkpoint", tmp_path / "m.pt", "--model-name", "m", "--export-path", tmp_path / "s")
+    assert archived.returncode == 0 and "unsafe_source is recorded" in archived.stdout
