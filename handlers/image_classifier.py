@@ -111,8 +111,7 @@ class ImageClassifier(BaseHandler):
             splits = self.oom_splits
             batch.logits = self._forward(batch.pixels)
             self.metrics.stage("inference", self.last_inference_ms)
-            for _ in range(self.oom_splits - splits):
-                self.metrics.oom_split()
+            self.metrics.oom_splits(self.oom_splits - splits)
         return batch
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -49,5 +49,6 @@ class HandlerMetrics:
     def input_error(self, error_type: str) -> None:
         self._count(INPUT_ERRORS, 1, error_type)
 
-    def oom_split(self) -> None:
-        self._count(OOM_SPLITS, 1)
+    def oom_splits(self, count: int) -> None:
+        if count:
+            self._count(OOM_SPLITS, count)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import zipfile
-from pathlib import Path
 
 import torch
 from torch import nn

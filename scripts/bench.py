@@ -9,7 +9,6 @@ results.json and latency_throughput.png to the output folder.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil

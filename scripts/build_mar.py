@@ -58,6 +58,12 @@ def model_config(base: Path, overrides: list[str]) -> dict:
     return config
 
 
+def run_archiver(*args: str) -> None:
+    """torch-model-archiver with these arguments, in this Python (no console script needed)."""
+    code = "from model_archiver.model_packaging import generate_model_archive as g; g()"
+    subprocess.run([sys.executable, "-c", code, *args], check=True)
+
+
 def build(checkpoint: Path, name: str, version: str, export: Path, config: dict,
           handler: Path = PACKAGE / "image_classifier.py", model_file: Path | None = None) -> Path:
     """Stage the handler package and config, then run torch-model-archiver."""
@@ -70,19 +76,10 @@ def build(checkpoint: Path, name: str, version: str, export: Path, config: dict,
             shutil.copy(model_file, extra / model_file.name)
         config_file = stage / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-        subprocess.run(
-            [
-                sys.executable, "-c", "from model_archiver.model_packaging import generate_model_archive as g; g()",
-                "--model-name", name,
-                "--version", version,
-                "--serialized-file", str(checkpoint),
-                "--handler", str(handler),
-                "--extra-files", str(extra),
-                "--config-file", str(config_file),
-                "--export-path", str(export),
-                "--force",
-            ],
-            check=True,
+        run_archiver(
+            "--model-name", name, "--version", version, "--serialized-file", str(checkpoint),
+            "--handler", str(handler), "--extra-files", str(extra), "--config-file", str(config_file),
+            "--export-path", str(export), "--force",
         )
     return export / f"{name}.mar"
 

@@ -8,7 +8,6 @@ index_to_name.json; it preprocesses with ImageNet's mean/std (Resize 256, Center
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +18,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from handlers.checkpoint import read_checkpoint  # noqa: E402
+sys.path.insert(0, str(ROOT / "scripts"))
+from build_mar import run_archiver  # noqa: E402
 
 MODEL_FILE = '''import timm
 import torch
@@ -45,12 +46,10 @@ def build_stock_mar(checkpoint: Path, name: str, export: Path, batch_size: int, 
         torch.save({f"net.{k}": v for k, v in state_dict.items()}, tmp / "weights.pth")
         (tmp / "index_to_name.json").write_text(json.dumps({str(i): l for i, l in enumerate(info.labels)}))
         (tmp / "model-config.yaml").write_text(yaml.safe_dump({"batchSize": batch_size, "maxBatchDelay": max_batch_delay}))
-        subprocess.run(
-            [sys.executable, "-c", "from model_archiver.model_packaging import generate_model_archive as g; g()",
-             "--model-name", name, "--version", "1.0", "--model-file", str(tmp / "model.py"),
-             "--serialized-file", str(tmp / "weights.pth"), "--handler", "image_classifier",
-             "--extra-files", str(tmp / "index_to_name.json"), "--config-file", str(tmp / "model-config.yaml"),
-             "--export-path", str(export), "--force"],
-            check=True,
+        run_archiver(
+            "--model-name", name, "--version", "1.0", "--model-file", str(tmp / "model.py"),
+            "--serialized-file", str(tmp / "weights.pth"), "--handler", "image_classifier",
+            "--extra-files", str(tmp / "index_to_name.json"), "--config-file", str(tmp / "model-config.yaml"),
+            "--export-path", str(export), "--force",
         )
     return export / f"{name}.mar"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import yaml
@@ -61,8 +60,3 @@ def _metrics():
     metrics.initialize_cache()
     metrics.model_name = "test"  # as the worker sets it after loading a model
     return metrics
-
-
-def copy_checkpoint(src: Path, dst_dir: Path) -> Path:
-    dst_dir.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.copy(src, dst_dir / src.name))

@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 
-from handlers.checkpoint import build_architecture, load_classifier, read_checkpoint
+from handlers.checkpoint import build_architecture, read_checkpoint
 from handlers.conversion import extract_state_dict, load_training_checkpoint, read_labels, recipe_for, strip_prefixes
 from handlers.programs import detect_format
 from handlers.recipe import Recipe
-from tests.conftest import ROOT, labelled_photos
+from tests.conftest import labelled_photos
 from tests.byom_fixtures import converted_default, exported, imagenet_labels, script  # noqa: F401
 from tests.handler_harness import load_handler, run_batch
 

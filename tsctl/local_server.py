@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import psutil
@@ -134,13 +133,3 @@ class TorchServe:
     def worker_pids(self, model: str) -> list[int]:
         desc = self.client.management("GET", f"/models/{model}").json()[0]
         return sorted(w["pid"] for w in desc["workers"])
-
-
-def wait_until(predicate, timeout_s: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met")
