@@ -19,6 +19,7 @@ from handlers.batch import Batch
 from handlers.checkpoint import assert_inference_ready, load_classifier, quantize_linear_int8
 from handlers.device import memory_stats, select_device
 from handlers.errors import InputError
+from handlers.graph import build_graph, example_inputs, resolve_mode
 from handlers.imaging import decode_image, normalize, recipe_pixels
 from handlers.metrics import HandlerMetrics
 from handlers.payload import extract_payload, parse_topk
@@ -45,6 +46,8 @@ class ImageClassifier(BaseHandler):
         assert_inference_ready(self.model)
         self.autocast, self.autocast_dtype = self.settings.autocast_for(self.device)
         self.batch_size = int(props.get("batch_size") or 1)
+        self.graph = self._build_graph()
+        self.model = self.graph.module
         self.requests_served = 0
         self.oom_splits = 0
         # Pillow releases the GIL while decoding and resizing, so a batch decodes in parallel.
@@ -52,15 +55,32 @@ class ImageClassifier(BaseHandler):
         self.last_inference_ms = None
         self.last_inference_at = None
         self.metrics = HandlerMetrics(None, context.model_name)
+        self.warmup_ms = None
         self.warmed_up = self.settings.warmup and self._warm_up()
         self.initialized = True
         logger.info("ready: %s v%s on %s", self.info.architecture, self.info.version, self.device)
 
+    def _build_graph(self):
+        mode = resolve_mode(self.settings.graph, self.device, self.autocast)
+        n = self.batch_size
+        sizes = sorted({1, 2, max(1, n // 2), n}) if mode == "freeze" else []
+        inputs = example_inputs(
+            sizes, self.info.recipe.crop_size, lambda p: normalize(p, self.info.recipe),
+            self.settings.channels_last, self.device,
+        )
+        graph = build_graph(self.model, mode, inputs)
+        logger.info("graph: %s (built in %.0f ms) %s", graph.kind, graph.build_ms, graph.note)
+        return graph
+
     def _warm_up(self) -> bool:
-        # Every batch size TorchServe may hand us: oneDNN/cuDNN pick kernels per shape on first use.
+        # Every batch size TorchServe may hand us: oneDNN/cuDNN pick kernels per shape on first
+        # use, a frozen graph specialises on its second run, a compiled one compiles per shape.
+        start = time.perf_counter()
         size = self.info.recipe.crop_size
-        for n in range(1, self.batch_size + 1):
-            self._forward(torch.zeros(n, 3, size, size, dtype=torch.uint8))
+        for _ in range(1 if self.graph.kind == "eager" else 2):
+            for n in range(1, self.batch_size + 1):
+                self._forward(torch.zeros(n, 3, size, size, dtype=torch.uint8))
+        self.warmup_ms = round((time.perf_counter() - start) * 1000)
         return True
 
     def handle(self, data, context):
@@ -177,6 +197,9 @@ class ImageClassifier(BaseHandler):
             "dtype": str(self.autocast_dtype if self.autocast else torch.float32).replace("torch.", ""),
             "autocast": self.autocast,
             "eval_mode_verified": True,
+            "graph": self.graph.kind,
+            "graph_note": self.graph.note,
+            "warmup_ms": self.warmup_ms,
             "int8_linear": self.settings.quantize_int8 and self.device.type == "cpu",
             "unsafe_source": self.info.unsafe_source,
             "warmed_up": bool(self.warmed_up),

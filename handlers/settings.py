@@ -6,6 +6,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from .graph import MODES
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -21,6 +23,7 @@ class Settings:
     cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0 = torch's default
     decode_threads: int = 0  # images of a batch decoded in parallel; 0 = one thread per core
     warmup: bool = True
+    graph: str = "auto"  # auto (frozen on CPU, eager on CUDA), eager, freeze, compile
     quantize_int8: bool = False  # CPU only: dynamic int8 quantization of nn.Linear layers
 
     @classmethod
@@ -40,6 +43,8 @@ class Settings:
         settings = cls(**values)
         if settings.cuda_dtype not in ("float16", "bfloat16"):
             raise ValueError(f"handler setting cuda_dtype must be float16 or bfloat16, got {settings.cuda_dtype!r}")
+        if settings.graph not in MODES:
+            raise ValueError(f"handler setting graph must be one of {MODES}, got {settings.graph!r}")
         if not 1 <= settings.topk <= settings.max_topk:
             raise ValueError(f"handler setting topk must be in 1..max_topk ({settings.max_topk})")
         return settings

@@ -29,6 +29,7 @@ from build_mar import build, model_config  # noqa: E402
 from stock_archive import build_stock_mar  # noqa: E402
 
 from handlers.checkpoint import load_classifier  # noqa: E402
+from handlers.graph import freeze  # noqa: E402
 from handlers.imaging import decode_image, normalize, recipe_pixels  # noqa: E402
 from tsctl.local_server import TorchServe  # noqa: E402
 
@@ -55,42 +56,53 @@ def make_images(photos: Path, out: Path) -> dict[str, list[Path]]:
 
 
 def model_alone(checkpoint: Path, threads: int) -> dict:
-    """img/s of the bare model on random input, per memory format and batch size; best kept."""
+    """img/s of the bare model on random input, per graph, memory format and batch size.
+
+    Includes the frozen graph the handler serves on CPU, so "best" is the fastest way to
+    run this network here, not just the eager model the stock handler runs.
+    """
     torch.set_num_threads(threads)
     results = {}
-    for channels_last in (False, True):
+    for graph, channels_last in (("eager", False), ("eager", True), ("frozen", True)):
         model, info = load_classifier(checkpoint, torch.device("cpu"), channels_last)
         for batch in (1, 8, 16):
             x = torch.randn(batch, 3, info.recipe.crop_size, info.recipe.crop_size)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            run = freeze(model, [x]) if graph == "frozen" else model
             with torch.inference_mode():
-                for _ in range(2):
-                    model(x)
+                for _ in range(3):
+                    run(x)
                 n, start = 0, time.perf_counter()
                 while time.perf_counter() - start < 3:
-                    model(x)
+                    run(x)
                     n += batch
-            results[f"{'channels_last' if channels_last else 'contiguous'} batch {batch}"] = n / (time.perf_counter() - start)
+            layout = "channels_last" if channels_last else "contiguous"
+            results[f"{graph} {layout} batch {batch}"] = n / (time.perf_counter() - start)
     return results
 
 
 def accuracy(checkpoint: Path, photos: Path, image_sets: dict) -> list[dict]:
-    """Top-1 of the float32 reference pipeline (full decode) vs draft decoding, per photo and size."""
+    """Top-1 of the float32 reference pipeline (full decode, eager model) vs what the handler
+    serves on CPU (JPEG draft decoding, frozen channels_last graph), per photo and size."""
     model, info = load_classifier(checkpoint, torch.device("cpu"))
+    served = freeze(load_classifier(checkpoint, torch.device("cpu"), True)[0],
+                    [torch.randn(1, 3, info.recipe.crop_size, info.recipe.crop_size).contiguous(memory_format=torch.channels_last)])
     labels = json.loads((photos / "labels.json").read_text())
     rows = []
 
-    def top1(data: bytes, draft):
+    def top1(net, data: bytes, draft):
         x = normalize(recipe_pixels(decode_image(data, 10**9, draft), info.recipe)[None], info.recipe)
+        if net is served:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            p = model(x).softmax(1)[0]
+            p = net(x).softmax(1)[0]
         return int(p.argmax()), float(p.max())
 
     for size_name, paths in [("original", sorted(photos.glob("*.jpg")))] + list(image_sets.items()):
         for path in paths:
             data = path.read_bytes()
-            (ref_i, ref_p), (draft_i, draft_p) = top1(data, None), top1(data, info.recipe.resize_size)
+            (ref_i, ref_p), (draft_i, draft_p) = top1(model, data, None), top1(served, data, info.recipe.resize_size)
             rows.append({"size": size_name, "photo": path.name, "reference": info.labels[ref_i],
                          "served": info.labels[draft_i], "same_top1": ref_i == draft_i,
                          "acceptable": labels.get(path.name), "prob_shift": draft_p - ref_p})

@@ -20,7 +20,8 @@ def handler(default_checkpoint, tmp_path_factory):
 def test_initialize_puts_model_in_eval_on_cpu_and_warms_up(handler):
     assert handler.initialized and handler.warmed_up
     assert handler.device == torch.device("cpu")
-    assert not any(m.training for m in handler.model.modules())
+    assert handler.graph.kind == "frozen"  # the CPU default: batch norm folded, verified against eager
+    assert handler.warmup_ms > 0
     assert not any(p.requires_grad for p in handler.model.parameters())
     assert handler.autocast is False  # off on the CPU by default
 

@@ -1,0 +1,106 @@
+"""The served graph: frozen on CPU when it matches eager, eager otherwise, with the reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from handlers.checkpoint import load_classifier
+from handlers.graph import build_graph, check_same, example_inputs, resolve_mode
+from handlers.imaging import decode_image, normalize, recipe_pixels
+from handlers.settings import Settings
+from tests.conftest import labelled_photos
+from tests.handler_harness import load_handler, run_batch
+
+CPU = torch.device("cpu")
+
+
+def identity(x):
+    return x.float()
+
+
+class Branchy(nn.Module):
+    """Data-dependent Python control flow: a trace would keep only the branch it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x):
+        pooled = x.mean((2, 3))
+        if pooled.sum() > 0:
+            return self.fc(pooled)
+        return -self.fc(pooled)
+
+
+class IllConditioned(nn.Module):
+    """Batch norm over a large offset with a tiny variance: folding it into the convolution
+    changes float rounding enough to move the logits, and only the comparison with eager
+    (not torch.jit.trace's own checks) sees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4, eps=0.0)
+        with torch.no_grad():
+            self.conv.bias.fill_(1e7)
+            self.bn.running_mean.fill_(1e7)
+            self.bn.running_var.fill_(1e-6)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)).mean((2, 3))
+
+
+def test_auto_is_frozen_on_cpu_and_eager_on_cuda_or_with_cpu_autocast():
+    assert resolve_mode("auto", CPU, autocast=False) == "freeze"
+    assert resolve_mode("auto", CPU, autocast=True) == "eager"
+    assert resolve_mode("auto", torch.device("cuda", 0), autocast=True) == "eager"
+    assert resolve_mode("compile", CPU, autocast=False) == "compile"
+
+
+def test_unknown_graph_setting_is_refused():
+    with pytest.raises(ValueError, match="graph must be one of"):
+        Settings.from_model_yaml({"handler": {"graph": "fast"}})
+
+
+@pytest.mark.parametrize("model, reason", [(Branchy(), "tracing warned"), (IllConditioned(), "largest logit difference")])
+def test_a_model_the_trace_would_change_is_served_eagerly(model, reason):
+    model.eval()
+    graph = build_graph(model, "freeze", example_inputs([1, 2, 8], 8, identity, True, CPU))
+    assert graph.kind == "eager" and graph.module is model
+    assert reason in graph.note
+
+
+def test_check_same_refuses_shape_and_value_changes():
+    ref = torch.tensor([[1.0, 20.0]])
+    check_same(ref, ref + 0.01, "ok")  # within 1e-3 of the largest logit
+    with pytest.raises(ValueError, match="shape"):
+        check_same(ref, torch.zeros(2, 2), "b")
+    with pytest.raises(ValueError, match="logit difference"):
+        check_same(ref, ref + 0.1, "c")
+
+
+def test_frozen_default_model_matches_eager_on_every_photo(default_checkpoint, photos):
+    model, info = load_classifier(default_checkpoint, CPU, channels_last=True)
+    graph = build_graph(model, "freeze", example_inputs([1, 4], info.recipe.crop_size,
+                                                        lambda p: normalize(p, info.recipe), True, CPU))
+    assert graph.kind == "frozen", graph.note
+    pixels = torch.stack([recipe_pixels(decode_image(photos[n], 10**8), info.recipe) for n in labelled_photos()])
+    x = normalize(pixels, info.recipe).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        eager, frozen = model(x), graph.module(x)
+    assert torch.equal(eager.argmax(1), frozen.argmax(1))
+    assert (eager - frozen).abs().max() < 1e-3
+
+
+def test_eager_setting_serves_the_eager_module_with_the_same_labels(default_checkpoint, photos, tmp_path):
+    handler = load_handler(default_checkpoint, tmp_path, {"handler": {"graph": "eager"}}, batch_size=2)
+    assert handler.graph.kind == "eager"
+    assert not any(m.training for m in handler.model.modules())
+    names = [n for n, ok in labelled_photos().items() if ok][:2]
+    answers = run_batch(handler, [{"data": photos[n]} for n in names])
+    for name, answer in zip(names, answers):
+        assert answer.status == 200 and answer.body[0]["label"] in labelled_photos()[name]
+    health = handler.describe_handle()
+    assert health["graph"] == "eager" and health["warmup_ms"] > 0
