@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -63,12 +64,12 @@ class ImageClassifier(BaseHandler):
     def _build_graph(self):
         mode = resolve_mode(self.settings.graph, self.device, self.autocast)
         n = self.batch_size
-        sizes = sorted({1, 2, max(1, n // 2), n}) if mode == "freeze" else []
+        sizes = sorted({1, 2, max(1, n // 2), n}) if mode != "eager" else []
         inputs = example_inputs(
             sizes, self.info.recipe.crop_size, lambda p: normalize(p, self.info.recipe),
             self.settings.channels_last, self.device,
         )
-        graph = build_graph(self.model, mode, inputs)
+        graph = build_graph(self.model, mode, inputs, self._precision, self.autocast)
         logger.info("graph: %s (built in %.0f ms) %s", graph.kind, graph.build_ms, graph.note)
         return graph
 
@@ -143,11 +144,15 @@ class ImageClassifier(BaseHandler):
         self.last_inference_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         return logits
 
+    def _precision(self):
+        # No autocast context at all when off: compiled graphs are guarded on it.
+        if not self.autocast:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
     def _forward_splitting_on_oom(self, pixels: torch.Tensor) -> torch.Tensor:
         try:
-            with torch.inference_mode(), torch.autocast(
-                self.device.type, dtype=self.autocast_dtype, enabled=self.autocast
-            ):
+            with torch.inference_mode(), self._precision():
                 x = normalize(pixels, self.info.recipe)
                 if self.settings.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)

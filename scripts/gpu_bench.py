@@ -22,7 +22,8 @@ from tests.handler_harness import load_handler, run_batch  # noqa: E402
 VARIANTS = {
     "float32": {"autocast_cuda": False, "jpeg_draft": True},
     "autocast float16": {"autocast_cuda": True, "jpeg_draft": True},
-    "stock-style (full decode, float32)": {"autocast_cuda": False, "jpeg_draft": False, "channels_last": False},
+    "stock-style (full decode, float32)": {"autocast_cuda": False, "jpeg_draft": False, "channels_last": False,
+                                           "graph": "eager"},
 }
 
 

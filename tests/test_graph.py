@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -104,3 +106,32 @@ def test_eager_setting_serves_the_eager_module_with_the_same_labels(default_chec
         assert answer.status == 200 and answer.body[0]["label"] in labelled_photos()[name]
     health = handler.describe_handle()
     assert health["graph"] == "eager" and health["warmup_ms"] > 0
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(self.body(x).flatten(1))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on CPU needs a C compiler")
+def test_compile_mode_compiles_every_batch_size_and_matches_eager():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = SmallNet().eval()
+    with torch._dynamo.config.patch(recompile_limit=2):  # below the 4 batch sizes used here
+        graph = build_graph(model, "compile", example_inputs([1, 4], 8, identity, False, CPU))
+        assert graph.kind == "compiled", graph.note
+        with torch.inference_mode():
+            for n in (2, 3):  # the other sizes, compiled at first use as at warm-up
+                x = torch.rand(n, 3, 8, 8) * 255
+                check_same(model(x), graph.module(x), f"batch of {n}")
+    # one graph per batch size: none fell back to eager at dynamo's recompile limit
+    assert counters["stats"]["unique_graphs"] == 4
