@@ -30,7 +30,7 @@ from stock_archive import build_stock_mar  # noqa: E402
 
 from handlers.checkpoint import load_classifier  # noqa: E402
 from handlers.graph import freeze  # noqa: E402
-from handlers.imaging import decode_image, normalize, recipe_pixels  # noqa: E402
+from handlers.imaging import decode_image, normalize, recipe_pixels, reference_pixels  # noqa: E402
 from tsctl.local_server import TorchServe  # noqa: E402
 
 SIZES = {"500x375": (500, 375), "12MP": (4000, 3000)}
@@ -83,8 +83,8 @@ def model_alone(checkpoint: Path, threads: int) -> dict:
 
 
 def accuracy(checkpoint: Path, photos: Path, image_sets: dict) -> list[dict]:
-    """Top-1 of the float32 reference pipeline (full decode, eager model) vs what the handler
-    serves on CPU (JPEG draft decoding, frozen channels_last graph), per photo and size."""
+    """Top-1 of the float32 reference pipeline (full decode, Pillow resize, eager model) vs what
+    the handler serves on CPU (JPEG draft decoding, tensor resize, frozen channels_last graph)."""
     model, info = load_classifier(checkpoint, torch.device("cpu"))
     served = freeze(load_classifier(checkpoint, torch.device("cpu"), True)[0],
                     [torch.randn(1, 3, info.recipe.crop_size, info.recipe.crop_size).contiguous(memory_format=torch.channels_last)])
@@ -92,7 +92,8 @@ def accuracy(checkpoint: Path, photos: Path, image_sets: dict) -> list[dict]:
     rows = []
 
     def top1(net, data: bytes, draft):
-        x = normalize(recipe_pixels(decode_image(data, 10**9, draft), info.recipe)[None], info.recipe)
+        pixels = recipe_pixels if net is served else reference_pixels
+        x = normalize(pixels(decode_image(data, 10**9, draft), info.recipe)[None], info.recipe)
         if net is served:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():

@@ -7,9 +7,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from handlers.errors import InputError
-from handlers.imaging import decode_image, normalize, recipe_pixels, to_rgb
+from handlers.imaging import decode_image, normalize, recipe_pixels, reference_pixels, to_rgb
 from handlers.recipe import Recipe
-from tests.conftest import jpeg_bytes
+from tests.conftest import IMAGES, jpeg_bytes
 
 LIMIT = 50_000_000
 
@@ -124,3 +124,27 @@ def test_aspect_limit_leaves_the_center_crop_unchanged():
     resized = F.resize(img, recipe.resize_size, interpolation=F.InterpolationMode.BILINEAR)
     full = F.pil_to_tensor(F.center_crop(resized, [recipe.crop_size] * 2))
     assert (recipe_pixels(img, recipe).int() - full.int()).abs().float().mean() < 1.0
+
+
+def _photo_resized(name: str, size) -> Image.Image:
+    return Image.open(IMAGES / name).convert("RGB").resize(size, Image.BICUBIC)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (1200, 900), (3000, 1000), (640, 641), (300, 260), (120, 90)])
+@pytest.mark.parametrize("crop, resize", [(224, 256), (224, 224), (300, 320)])
+def test_tensor_resize_stays_within_a_few_levels_of_pillows(interpolation, size, crop, resize):
+    """The served resize (torch's antialiased uint8 kernels) against the textbook Pillow one."""
+    recipe = Recipe(crop_size=crop, resize_size=resize, interpolation=interpolation)
+    img = _photo_resized("dog1.jpg", size)
+    served, reference = recipe_pixels(img, recipe).int(), reference_pixels(img, recipe).int()
+    assert served.shape == reference.shape == (3, crop, crop)
+    diff = (served - reference).abs()
+    assert diff.max() <= 5 and diff.float().mean() < 0.3, (diff.max(), diff.float().mean())
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "lanczos"])
+def test_other_filters_use_pillow_exactly(interpolation):
+    recipe = Recipe(crop_size=224, resize_size=256, interpolation=interpolation)
+    img = _photo_resized("croco.jpg", (640, 480))
+    assert torch.equal(recipe_pixels(img, recipe), reference_pixels(img, recipe))
