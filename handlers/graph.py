@@ -41,14 +41,20 @@ def resolve_mode(mode: str, device: torch.device, autocast: bool) -> str:
 
 
 def build_graph(model: nn.Module, mode: str, inputs: list[torch.Tensor], precision=nullcontext,
-                autocast: bool = False) -> Graph:
+                autocast: bool = False, onednn_fusion: bool = False) -> Graph:
     """The module to serve, checked against `model` on `inputs` (normalised examples, one per
     batch size) under `precision()`, the context requests run in."""
     if mode == "eager":
         return Graph(model, "eager")
     start = time.perf_counter()
     try:
-        built = freeze(model, inputs) if mode == "freeze" else compiled(model, max(len(x) for x in inputs))
+        if mode == "freeze":
+            # oneDNN Graph fuses the frozen graph's conv/activation chains on CPU: +15% img/s
+            # here at equal logits. A process-wide switch; off unless asked.
+            torch.jit.enable_onednn_fusion(onednn_fusion)
+            built = freeze(model, inputs)
+        else:
+            built = compiled(model, max(len(x) for x in inputs))
         verify(model, built, inputs, precision, TOLERANCE[autocast])
     except Exception as exc:  # the model cannot be traced or compiled faithfully: serve it eagerly
         logger.warning("graph: serving eagerly, %s refused: %s", mode, exc)
@@ -78,9 +84,12 @@ def freeze(model: nn.Module, inputs: list[torch.Tensor]) -> torch.jit.ScriptModu
 
 
 def verify(model: nn.Module, built: nn.Module, inputs: list[torch.Tensor], precision, tolerance: float) -> None:
+    """Each input twice: TorchScript's profiling executor optimises (and fuses) on the second run."""
     with torch.inference_mode(), precision():
         for x in inputs:
-            check_same(model(x), built(x), f"batch of {len(x)}", tolerance)
+            expected = model(x)
+            for _ in range(2):
+                check_same(expected, built(x), f"batch of {len(x)}", tolerance)
 
 
 def check_same(expected, actual, where: str, tolerance: float = TOLERANCE[False]) -> None:

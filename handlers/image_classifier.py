@@ -17,6 +17,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.batch import Batch
+from handlers.chunking import in_chunks, pick_chunk, time_sizes
 from handlers.checkpoint import assert_inference_ready, load_classifier, quantize_linear_int8
 from handlers.device import memory_stats, select_device
 from handlers.errors import InputError
@@ -49,6 +50,9 @@ class ImageClassifier(BaseHandler):
         self.batch_size = int(props.get("batch_size") or 1)
         self.graph = self._build_graph()
         self.model = self.graph.module
+        # images per forward pass; 0 = whole batch until warm-up times every size (CPU)
+        self.chunk = min(self.settings.chunk_size or self.batch_size, self.batch_size)
+        self.chunk_rates = None
         self.requests_served = 0
         self.oom_splits = 0
         # Pillow releases the GIL while decoding and resizing, so a batch decodes in parallel.
@@ -69,7 +73,8 @@ class ImageClassifier(BaseHandler):
             sizes, self.info.recipe.crop_size, lambda p: normalize(p, self.info.recipe),
             self.settings.channels_last, self.device,
         )
-        graph = build_graph(self.model, mode, inputs, self._precision, self.autocast)
+        graph = build_graph(self.model, mode, inputs, self._precision, self.autocast,
+                            onednn_fusion=self.settings.onednn_fusion and self.device.type == "cpu")
         logger.info("graph: %s (built in %.0f ms) %s", graph.kind, graph.build_ms, graph.note)
         return graph
 
@@ -77,12 +82,21 @@ class ImageClassifier(BaseHandler):
         # Every batch size TorchServe may hand us: oneDNN/cuDNN pick kernels per shape on first
         # use, a frozen graph specialises on its second run, a compiled one compiles per shape.
         start = time.perf_counter()
-        size = self.info.recipe.crop_size
+        sizes = range(1, self.batch_size + 1)
         for _ in range(1 if self.graph.kind == "eager" else 2):
-            for n in range(1, self.batch_size + 1):
-                self._forward(torch.zeros(n, 3, size, size, dtype=torch.uint8))
+            for n in sizes:
+                self._forward_splitting_on_oom(self._zeros(n))
+        if self.device.type == "cpu" and self.settings.chunk_size == 0 and self.batch_size > 1:
+            self.chunk_rates = time_sizes(self._forward_splitting_on_oom, sizes, self._zeros)
+            self.chunk = pick_chunk(self.chunk_rates)
+            logger.info("chunk size %d; img/s by size: %s", self.chunk,
+                        {n: round(r, 1) for n, r in self.chunk_rates.items()})
         self.warmup_ms = round((time.perf_counter() - start) * 1000)
         return True
+
+    def _zeros(self, n: int) -> torch.Tensor:
+        size = self.info.recipe.crop_size
+        return torch.zeros(n, 3, size, size, dtype=torch.uint8, device=self.device)
 
     def handle(self, data, context):
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
@@ -139,7 +153,7 @@ class ImageClassifier(BaseHandler):
         start = time.perf_counter()
         if self.device.type == "cuda":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-        logits = self._forward_splitting_on_oom(pixels)
+        logits = in_chunks(self._forward_splitting_on_oom, pixels, self.chunk)
         self.last_inference_ms = round((time.perf_counter() - start) * 1000, 2)
         self.last_inference_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         return logits
@@ -205,6 +219,7 @@ class ImageClassifier(BaseHandler):
             "graph": self.graph.kind,
             "graph_note": self.graph.note,
             "warmup_ms": self.warmup_ms,
+            "chunk_size": self.chunk,
             "int8_linear": self.settings.quantize_int8 and self.device.type == "cpu",
             "unsafe_source": self.info.unsafe_source,
             "warmed_up": bool(self.warmed_up),

@@ -24,6 +24,8 @@ class Settings:
     decode_threads: int = 0  # images of a batch decoded in parallel; 0 = one thread per core
     warmup: bool = True
     graph: str = "auto"  # auto (frozen on CPU, eager on CUDA), eager, freeze, compile
+    chunk_size: int = 0  # images per forward pass; 0: CPU picks the fastest size at warm-up, CUDA the whole batch
+    onednn_fusion: bool = True  # CPU, frozen graphs: oneDNN Graph fusion (TorchScript's LLGA)
     quantize_int8: bool = False  # CPU only: dynamic int8 quantization of nn.Linear layers
 
     @classmethod
@@ -45,6 +47,8 @@ class Settings:
             raise ValueError(f"handler setting cuda_dtype must be float16 or bfloat16, got {settings.cuda_dtype!r}")
         if settings.graph not in MODES:
             raise ValueError(f"handler setting graph must be one of {MODES}, got {settings.graph!r}")
+        if settings.chunk_size < 0:
+            raise ValueError(f"handler setting chunk_size must be >= 0 (0: tuned at warm-up), got {settings.chunk_size}")
         if not 1 <= settings.topk <= settings.max_topk:
             raise ValueError(f"handler setting topk must be in 1..max_topk ({settings.max_topk})")
         return settings

@@ -35,7 +35,9 @@ def markdown(report) -> str:
         f"Host: {h['cpu']}, {h['cores']} cores, torch {h['torch']} ({h['torch_threads']} threads), "
         f"OMP_WAIT_POLICY={h.get('OMP_WAIT_POLICY')}. "
         f"One TorchServe, both archives with the same weights, batchSize {s['batchSize']}, "
-        f"maxBatchDelay {s['maxBatchDelay']} ms, {s['workers']} worker each; wrk, {s['duration_s']} s per run.", "",
+        f"maxBatchDelay {s['maxBatchDelay']} ms, {s['workers']} worker each; wrk, {s['duration_s']} s per run. "
+        f"Every figure is the median over {s.get('rounds', 1)} rounds; each round times the model alone, then "
+        f"every load run, so a slow spell on a shared host touches all of them.", "",
         "## Targets", "", "| target | measured | goal | met |", "| --- | --- | --- | --- |",
     ]
     try:

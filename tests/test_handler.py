@@ -146,14 +146,15 @@ def test_cuda_path_autocast_float16_same_labels(default_checkpoint, tmp_path, ph
 
 def test_out_of_memory_splits_the_batch_and_still_answers_everything(default_checkpoint, tmp_path, photos):
     h = load_handler(default_checkpoint, tmp_path)
-    real_forward = h.model.forward
+    real = h.model
 
-    def forward_with_memory_for_two(x):
-        if len(x) > 2:
-            raise torch.OutOfMemoryError("simulated: batch too large")
-        return real_forward(x)
+    class MemoryForTwo(torch.nn.Module):
+        def forward(self, x):
+            if len(x) > 2:
+                raise torch.OutOfMemoryError("simulated: batch too large")
+            return real(x)
 
-    h.model.forward = forward_with_memory_for_two
+    h.model, h.chunk = MemoryForTwo(), 8  # the whole batch reaches the model
     names = ["dog1.jpg", "croco.jpg", "dog2.jpg", "kitten.jpg", "dog1.jpg"]
     answers = run_batch(h, [{"body": photos[n]} for n in names])
     assert [a.body[0]["label"] for a in answers[:3]] == ["Labrador retriever", "African crocodile", "Brittany spaniel"]
