@@ -22,6 +22,13 @@ def pick_chunk(rates: dict[int, float]) -> int:
     return max(n for n, rate in rates.items() if rate >= best * (1 - TIE))
 
 
+def candidate_sizes(batch_size: int) -> list[int]:
+    """Every size up to 8, then powers of two and batch_size: timing stays cheap for big batches."""
+    sizes = set(range(1, min(batch_size, 8) + 1)) | {batch_size}
+    sizes |= {2**k for k in range(3, batch_size.bit_length()) if 2**k <= batch_size}
+    return sorted(sizes)
+
+
 def time_sizes(forward: Callable[[torch.Tensor], object], sizes, make_input, repeats: int = 2) -> dict[int, float]:
     """images/s of `forward` at each size: best of `repeats` timed runs (after warm-up)."""
     rates = {}

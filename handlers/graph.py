@@ -32,7 +32,7 @@ class Graph:
 
 
 def resolve_mode(mode: str, device: torch.device, autocast: bool) -> str:
-    """`auto`: frozen on CPU without autocast (measured 1.4x eager here), eager elsewhere."""
+    """`auto`: frozen on CPU without autocast (faster than eager: docs/PERFORMANCE.md), eager elsewhere."""
     if mode not in MODES:
         raise ValueError(f"handler setting graph must be one of {MODES}, got {mode!r}")
     if mode == "auto":

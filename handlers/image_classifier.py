@@ -17,7 +17,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.batch import Batch
-from handlers.chunking import in_chunks, pick_chunk, time_sizes
+from handlers.chunking import candidate_sizes, in_chunks, pick_chunk, time_sizes
 from handlers.checkpoint import assert_inference_ready, load_classifier, quantize_linear_int8
 from handlers.device import memory_stats, select_device
 from handlers.errors import InputError
@@ -87,7 +87,7 @@ class ImageClassifier(BaseHandler):
             for n in sizes:
                 self._forward_splitting_on_oom(self._zeros(n))
         if self.device.type == "cpu" and self.settings.chunk_size == 0 and self.batch_size > 1:
-            self.chunk_rates = time_sizes(self._forward_splitting_on_oom, sizes, self._zeros)
+            self.chunk_rates = time_sizes(self._forward_splitting_on_oom, candidate_sizes(self.batch_size), self._zeros)
             self.chunk = pick_chunk(self.chunk_rates)
             logger.info("chunk size %d; img/s by size: %s", self.chunk,
                         {n: round(r, 1) for n, r in self.chunk_rates.items()})

@@ -59,15 +59,17 @@ def main(argv=None) -> int:
     gpu = 0 if args.device == "cuda" else None
     rows, reference = [], None
     variants = dict(VARIANTS)
+    batches = [int(b) for b in args.batches.split(",")]
     if args.device == "cpu":
         variants["int8 dynamic Linear (CPU)"] = {"quantize_int8": True, "jpeg_draft": True}
     for variant, settings in variants.items():
-        handler = load_handler(args.checkpoint, Path(tempfile.mkdtemp()), {"handler": settings}, batch_size=64, gpu=gpu)
+        handler = load_handler(args.checkpoint, Path(tempfile.mkdtemp()), {"handler": settings},
+                               batch_size=max(batches), gpu=gpu)
         top1 = [a.body[0]["label"] for a in run_batch(handler, [{"body": b} for b in bodies])]
         reference = reference or top1
         agree = sum(a == b for a, b in zip(top1, reference))
         acceptable = sum(labels[n] is None or t in labels[n] for n, t in zip(names, top1))
-        for batch in (int(b) for b in args.batches.split(",")):
+        for batch in batches:
             rate = measure(handler, bodies, batch, args.seconds)
             rows.append({"variant": variant, "batch": batch, "img_s": rate, "top1_agree_with_float32": f"{agree}/{len(names)}",
                          "top1_acceptable": f"{acceptable}/{len(names)}"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handlers.chunking import in_chunks, pick_chunk, time_sizes
+from handlers.chunking import candidate_sizes, in_chunks, pick_chunk, time_sizes
 from handlers.settings import Settings
 from tests.conftest import labelled_photos
 from tests.handler_harness import load_handler, run_batch
@@ -28,6 +28,13 @@ def test_in_chunks_splits_evenly_and_keeps_order(n, chunk, sizes):
     x = torch.arange(n, dtype=torch.float32).view(n, 1)
     assert torch.equal(in_chunks(forward, x, chunk), x * 2)
     assert seen == sizes
+
+
+def test_candidate_sizes_cover_small_batches_fully_and_large_ones_by_powers_of_two():
+    assert candidate_sizes(1) == [1]
+    assert candidate_sizes(8) == list(range(1, 9))
+    assert candidate_sizes(12) == [1, 2, 3, 4, 5, 6, 7, 8, 12]
+    assert candidate_sizes(64) == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64]
 
 
 def test_time_sizes_reports_images_per_second_for_each_size():
