@@ -50,8 +50,9 @@ def build_graph(model: nn.Module, mode: str, inputs: list[torch.Tensor], precisi
     try:
         if mode == "freeze":
             # oneDNN Graph fuses the frozen graph's conv/activation chains on CPU: +15% img/s
-            # here at equal logits. A process-wide switch; off unless asked.
-            torch.jit.enable_onednn_fusion(onednn_fusion)
+            # here at equal logits. A process-wide switch; only for graphs traced here (it
+            # failed to compile partitions of a TorchScript program exported elsewhere).
+            torch.jit.enable_onednn_fusion(onednn_fusion and not isinstance(model, torch.jit.ScriptModule))
             built = freeze(model, inputs)
         else:
             built = compiled(model, max(len(x) for x in inputs))

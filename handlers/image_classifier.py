@@ -21,7 +21,7 @@ from handlers.chunking import candidate_sizes, in_chunks, pick_chunk, time_sizes
 from handlers.checkpoint import assert_inference_ready, load_classifier, quantize_linear_int8
 from handlers.device import memory_stats, select_device
 from handlers.errors import InputError
-from handlers.graph import build_graph, example_inputs, resolve_mode
+from handlers.graph import Graph, build_graph, example_inputs, resolve_mode
 from handlers.imaging import decode_image, normalize, recipe_pixels
 from handlers.metrics import HandlerMetrics
 from handlers.payload import extract_payload, parse_topk
@@ -48,6 +48,7 @@ class ImageClassifier(BaseHandler):
         assert_inference_ready(self.model)
         self.autocast, self.autocast_dtype = self.settings.autocast_for(self.device)
         self.batch_size = int(props.get("batch_size") or 1)
+        eager = self.model
         self.graph = self._build_graph()
         self.model = self.graph.module
         # images per forward pass; 0 = whole batch until warm-up times every size (CPU)
@@ -61,7 +62,8 @@ class ImageClassifier(BaseHandler):
         self.last_inference_at = None
         self.metrics = HandlerMetrics(None, context.model_name)
         self.warmup_ms = None
-        self.warmed_up = self.settings.warmup and self._warm_up()
+        self.warmed_up = self.settings.warmup and self._warm_up_or_fall_back(eager)
+        del eager  # the frozen/compiled graph holds its own weights
         self.initialized = True
         logger.info("ready: %s v%s on %s", self.info.architecture, self.info.version, self.device)
 
@@ -77,6 +79,19 @@ class ImageClassifier(BaseHandler):
                             onednn_fusion=self.settings.onednn_fusion and self.device.type == "cpu")
         logger.info("graph: %s (built in %.0f ms) %s", graph.kind, graph.build_ms, graph.note)
         return graph
+
+    def _warm_up_or_fall_back(self, eager) -> bool:
+        """Warm up; a frozen or compiled graph that fails on a batch size verification did not
+        cover is replaced by the eager model here, before any request reaches it."""
+        try:
+            return self._warm_up()
+        except RuntimeError as exc:
+            if self.graph.kind == "eager" or isinstance(exc, torch.OutOfMemoryError):
+                raise
+            logger.warning("graph: %s graph failed at warm-up, serving eagerly: %s", self.graph.kind, exc)
+            self.graph = Graph(eager, "eager", note=f"{self.graph.kind} graph failed at warm-up: {exc}")
+            self.model = eager
+            return self._warm_up()
 
     def _warm_up(self) -> bool:
         # Every batch size TorchServe may hand us: oneDNN/cuDNN pick kernels per shape on first

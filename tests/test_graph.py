@@ -137,3 +137,30 @@ def test_compile_mode_compiles_every_batch_size_and_matches_eager():
                 check_same(model(x), graph.module(x), f"batch of {n}")
     # one graph per batch size: none fell back to eager at dynamo's recompile limit
     assert counters["stats"]["unique_graphs"] == 4
+
+
+def test_a_graph_failing_at_warm_up_is_replaced_by_the_eager_model(default_checkpoint, tmp_path, monkeypatch):
+    import handlers.image_classifier as ic
+
+    class FailsFromBatchThree(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            if len(x) >= 3:
+                raise RuntimeError("partition compile failed (simulated)")
+            return self.inner(x)
+
+    real_build = ic.build_graph
+
+    def build_then_break(model, mode, *args, **kwargs):
+        graph = real_build(model, mode, *args, **kwargs)
+        graph.module = FailsFromBatchThree(graph.module)
+        return graph
+
+    monkeypatch.setattr(ic, "build_graph", build_then_break)
+    handler = load_handler(default_checkpoint, tmp_path, batch_size=4)
+    assert handler.graph.kind == "eager" and "failed at warm-up" in handler.graph.note
+    assert handler.warmed_up and not isinstance(handler.model, FailsFromBatchThree)
+    assert handler.describe_handle()["graph_note"].startswith("frozen graph failed at warm-up")
