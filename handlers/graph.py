@@ -40,6 +40,11 @@ def resolve_mode(mode: str, device: torch.device, autocast: bool) -> str:
     return mode
 
 
+def verification_sizes(batch_size: int) -> list[int]:
+    """Batch sizes a frozen or compiled graph is checked against eager at before serving."""
+    return sorted({1, 2, max(1, batch_size // 2), batch_size})
+
+
 def build_graph(model: nn.Module, mode: str, inputs: list[torch.Tensor], precision=nullcontext,
                 autocast: bool = False, onednn_fusion: bool = False) -> Graph:
     """The module to serve, checked against `model` on `inputs` (normalised examples, one per

@@ -21,7 +21,7 @@ from handlers.chunking import candidate_sizes, in_chunks, pick_chunk, time_sizes
 from handlers.checkpoint import assert_inference_ready, load_classifier, quantize_linear_int8
 from handlers.device import memory_stats, select_device
 from handlers.errors import InputError
-from handlers.graph import Graph, build_graph, example_inputs, resolve_mode
+from handlers.graph import Graph, build_graph, example_inputs, resolve_mode, verification_sizes
 from handlers.imaging import decode_image, normalize, recipe_pixels
 from handlers.metrics import HandlerMetrics
 from handlers.payload import extract_payload, parse_topk
@@ -69,8 +69,7 @@ class ImageClassifier(BaseHandler):
 
     def _build_graph(self):
         mode = resolve_mode(self.settings.graph, self.device, self.autocast)
-        n = self.batch_size
-        sizes = sorted({1, 2, max(1, n // 2), n}) if mode != "eager" else []
+        sizes = verification_sizes(self.batch_size) if mode != "eager" else []
         inputs = example_inputs(
             sizes, self.info.recipe.crop_size, lambda p: normalize(p, self.info.recipe),
             self.settings.channels_last, self.device,
