@@ -11,6 +11,8 @@ DEFAULT_MAR := model_store/efficientnet_lite0.mar
 SAMPLE ?= $(firstword $(wildcard ../shared/images/kitten.jpg) samples/kitten.jpg)
 TSCTL := $(PY) -m tsctl.cli --key-file key_file.json
 PYTEST_ARGS ?=
+# CPU-only hosts: workers per model; each gets cores/CPU_WORKERS torch threads (README "Workers and threads").
+CPU_WORKERS ?= 1
 
 .PHONY: serve stop mar test bench install java clean
 
@@ -46,11 +48,13 @@ serve: install java $(DEFAULT_MAR)
 	@if $(VENV)/bin/python -c "import sys,psutil,tempfile,os; p=os.path.join(tempfile.gettempdir(),'.model_server.pid'); sys.exit(0 if os.path.exists(p) and psutil.pid_exists(int(open(p).read().split()[0])) else 1)"; then \
 	  echo "TorchServe is already running (make stop first to restart it)."; \
 	else \
-	  cfg=config.properties; \
+	  cfg=config.properties; threads=; \
 	  if ! nvidia-smi -L >/dev/null 2>&1; then \
-	    cfg=build/config.cpu.properties; { cat config.properties; echo default_workers_per_model=1; } > $$cfg; \
-	    echo "No GPU found: one worker using all CPU cores ($$cfg)."; fi; \
-	  OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/torchserve --start --ncs --ts-config $$cfg --model-store model_store > logs_start.txt 2>&1 || { cat logs_start.txt; exit 1; }; \
+	    cores=$$(nproc); threads=$$(( cores / $(CPU_WORKERS) > 0 ? cores / $(CPU_WORKERS) : 1 )); \
+	    cfg=build/config.cpu.properties; { cat config.properties; echo default_workers_per_model=$(CPU_WORKERS); } > $$cfg; \
+	    echo "No GPU found: $(CPU_WORKERS) worker(s), $$threads torch thread(s) each, on $$cores cores ($$cfg)."; fi; \
+	  env OMP_WAIT_POLICY=PASSIVE $${threads:+OMP_NUM_THREADS=$$threads} $(VENV)/bin/torchserve --start --ncs --ts-config $$cfg \
+	    --model-store model_store --log-config log4j2.xml > logs_start.txt 2>&1 || { cat logs_start.txt; exit 1; }; \
 	fi
 	$(TSCTL) wait efficientnet_lite0 --timeout 300
 	@echo "Prediction for $(SAMPLE):"

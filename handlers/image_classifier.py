@@ -234,6 +234,7 @@ class ImageClassifier(BaseHandler):
             "graph_note": self.graph.note,
             "warmup_ms": self.warmup_ms,
             "chunk_size": self.chunk,
+            "torch_threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "int8_linear": self.settings.quantize_int8 and self.device.type == "cpu",
             "unsafe_source": self.info.unsafe_source,
             "warmed_up": bool(self.warmed_up),

@@ -118,6 +118,16 @@ def test_describe_reports_health(handler):
     assert health["architecture"] == "timm:tf_efficientnet_lite0"
     assert health["device"] == "cpu" and health["eval_mode_verified"] and health["warmed_up"]
     assert health["requests_served"] > 0
+    assert health["torch_threads"] == torch.get_num_threads()
+
+
+def test_cpu_threads_setting_sets_torchs_thread_count(default_checkpoint, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        h = load_handler(default_checkpoint, tmp_path, config={"handler": {"cpu_threads": 1, "chunk_size": 1}})
+        assert torch.get_num_threads() == 1 and h.describe_handle()["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_unknown_handler_setting_refuses_to_start(default_checkpoint, tmp_path):

@@ -17,6 +17,8 @@ from tsctl.cli import Client
 from tsctl.keys import bearer, read_keys
 
 LAUNCH = "import sys; from ts.model_server import start; sys.exit(start())"
+# The project's production logging (no per-request DEBUG lines); None = TorchServe's built-in file.
+LOG_CONFIG = Path(__file__).resolve().parents[1] / "log4j2.xml"
 
 
 def free_port() -> int:
@@ -45,10 +47,11 @@ class TorchServe:
     """Start/stop one TorchServe with token auth on; `client` talks to it with the keys."""
 
     def __init__(self, workdir: Path, model_store: Path, models: str, python: Path = Path(sys.executable),
-                 extra_config: dict | None = None):
+                 extra_config: dict | None = None, log_config: Path | None = LOG_CONFIG):
         self.workdir = Path(workdir)
         self.model_store = Path(model_store)
         self.python = python
+        self.log_args = ["--log-config", str(log_config)] if log_config else []
         self.ports = {k: free_port() for k in ("inference", "management", "metrics", "grpc", "grpc_mgmt")}
         self.config = {
             "inference_address": f"http://127.0.0.1:{self.ports['inference']}",
@@ -85,7 +88,7 @@ class TorchServe:
         conf.write_text("".join(f"{k}={v}\n" for k, v in self.config.items()))
         subprocess.run(
             [str(self.python), "-c", LAUNCH, "--start", "--ncs", "--ts-config", str(conf),
-             "--model-store", str(self.model_store)],
+             "--model-store", str(self.model_store)] + self.log_args,
             cwd=self.workdir, env=self.env, check=True, stdout=subprocess.DEVNULL,
         )
         try:
