@@ -35,7 +35,10 @@ from handlers.imaging import decode_image, normalize, recipe_pixels, reference_p
 from tsctl.local_server import TorchServe  # noqa: E402
 
 SIZES = {"500x375": (500, 375), "12MP": (4000, 3000)}
-HANDLERS = {"ours": "bench_ours", "stock": "bench_stock"}
+HANDLERS = {"ours": "bench_ours", "stock": "bench_stock", "ours_scaled": "bench_ours_scaled"}
+# "ours_scaled": this handler as `make serve CPU_WORKERS=<cores>` runs it on a CPU host (one
+# worker per core, one torch thread each). Not the stock handler's registration, so it is only
+# compared with the model alone; "ours" and "stock" share one registration.
 ALONE_SECONDS = 2  # per model-alone setup per round
 
 
@@ -164,6 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-threads", type=int, default=0, help="this handler's torch threads per worker (0: torch default)")
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"image sizes to run, of {list(SIZES)}")
     parser.add_argument("--handlers", default=",".join(HANDLERS), help=f"handlers to run, of {list(HANDLERS)}")
+    parser.add_argument("--scaled-workers", type=int, default=os.cpu_count() or 1,
+                        help="workers of ours_scaled, each with cores/N torch threads (default: one per core)")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("make bench needs wrk (sudo apt-get install -y wrk)", file=sys.stderr)
@@ -181,6 +186,11 @@ def main(argv=None) -> int:
     config = model_config(ROOT / "model-config.yaml", [f"batchSize={args.batch_size}", f"maxBatchDelay={args.max_batch_delay}",
                                                        f"handler.cpu_threads={args.cpu_threads}"])
     build(args.checkpoint, HANDLERS["ours"], "1.0", store, config)
+    scaled_threads = max(1, (os.cpu_count() or 1) // args.scaled_workers)
+    if "ours_scaled" in handlers:
+        build(args.checkpoint, HANDLERS["ours_scaled"], "1.0", store,
+              model_config(ROOT / "model-config.yaml", [f"batchSize={args.batch_size}", f"maxBatchDelay={args.max_batch_delay}",
+                                                        f"handler.cpu_threads={scaled_threads}"]))
     build_stock_mar(args.checkpoint, HANDLERS["stock"], store, args.batch_size, args.max_batch_delay)
 
     print("top-1 agreement with the float32 reference pipeline ...")
@@ -190,6 +200,9 @@ def main(argv=None) -> int:
     server = TorchServe(args.out / "torchserve", store, ",".join(f"{m}.mar" for m in handlers.values()),
                         extra_config={"default_workers_per_model": args.workers})
     server.start(list(handlers.values()))
+    if "ours_scaled" in handlers:
+        server.client.management("PUT", f"/models/{HANDLERS['ours_scaled']}", params={
+            "min_worker": args.scaled_workers, "max_worker": args.scaled_workers, "synchronous": "true"}).raise_for_status()
     runs, alone_rounds = [], []
     try:
         # Rounds interleave everything (model alone, each size, each handler), so a slow
@@ -214,12 +227,13 @@ def main(argv=None) -> int:
     report = {"host": host_info(threads), "model_alone_img_s": median_by_key(alone_rounds), "runs": median_runs(runs),
               "agreement": agreement, "raw": {"runs": runs, "model_alone_rounds": alone_rounds},
               "settings": {"batchSize": args.batch_size, "maxBatchDelay": args.max_batch_delay, "workers": args.workers,
+                           "scaled_workers": args.scaled_workers, "scaled_threads": scaled_threads,
                            "cpu_threads": args.cpu_threads, "duration_s": args.duration, "rounds": args.repeats}}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     from bench_report import plot, markdown  # noqa: E402
 
     (args.out / "results.md").write_text(markdown(report))
-    if set(handlers) == set(HANDLERS) and set(image_sets) == set(SIZES):
+    if {"ours", "stock"} <= set(handlers) and set(image_sets) == set(SIZES):
         plot(report, args.out / "latency_throughput.png")
     print((args.out / "results.md").read_text())
     return 0
