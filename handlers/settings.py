@@ -20,7 +20,7 @@ class Settings:
     max_body_bytes: int = 24 * 1024 * 1024  # image bytes; TorchServe's max_request_size: 4/3 of this + 1 MiB
     jpeg_draft: bool = True  # decode large JPEGs by DCT scaling to just above the resize size
     channels_last: bool = True
-    cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0 = torch's default
+    cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0 = torch's default (OMP_NUM_THREADS or all cores)
     decode_threads: int = 0  # images of a batch decoded in parallel; 0 = one thread per core
     warmup: bool = True
     graph: str = "auto"  # auto (frozen on CPU, eager on CUDA), eager, freeze, compile
