@@ -183,14 +183,14 @@ def main(argv=None) -> int:
     print("building archives and test images ...")
     image_sets = {k: v for k, v in make_images(args.photos, args.out / "images").items() if k in args.sizes.split(",")}
     handlers = {k: v for k, v in HANDLERS.items() if k in args.handlers.split(",")}
-    config = model_config(ROOT / "model-config.yaml", [f"batchSize={args.batch_size}", f"maxBatchDelay={args.max_batch_delay}",
-                                                       f"handler.cpu_threads={args.cpu_threads}"])
-    build(args.checkpoint, HANDLERS["ours"], "1.0", store, config)
+    def config(cpu_threads: int) -> dict:
+        return model_config(ROOT / "model-config.yaml", [f"batchSize={args.batch_size}", f"maxBatchDelay={args.max_batch_delay}",
+                                                         f"handler.cpu_threads={cpu_threads}"])
+
+    build(args.checkpoint, HANDLERS["ours"], "1.0", store, config(args.cpu_threads))
     scaled_threads = max(1, (os.cpu_count() or 1) // args.scaled_workers)
     if "ours_scaled" in handlers:
-        build(args.checkpoint, HANDLERS["ours_scaled"], "1.0", store,
-              model_config(ROOT / "model-config.yaml", [f"batchSize={args.batch_size}", f"maxBatchDelay={args.max_batch_delay}",
-                                                        f"handler.cpu_threads={scaled_threads}"]))
+        build(args.checkpoint, HANDLERS["ours_scaled"], "1.0", store, config(scaled_threads))
     build_stock_mar(args.checkpoint, HANDLERS["stock"], store, args.batch_size, args.max_batch_delay)
 
     print("top-1 agreement with the float32 reference pipeline ...")
