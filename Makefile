@@ -50,6 +50,7 @@ serve: install java $(DEFAULT_MAR)
 	else \
 	  cfg=config.properties; threads=; \
 	  if ! nvidia-smi -L >/dev/null 2>&1; then \
+	    case "$(CPU_WORKERS)" in ''|*[!0-9]*|0) echo "CPU_WORKERS must be a positive integer (got '$(CPU_WORKERS)')."; exit 2;; esac; \
 	    cores=$$(nproc); threads=$$(( cores / $(CPU_WORKERS) > 0 ? cores / $(CPU_WORKERS) : 1 )); \
 	    cfg=build/config.cpu.properties; { cat config.properties; echo default_workers_per_model=$(CPU_WORKERS); } > $$cfg; \
 	    echo "No GPU found: $(CPU_WORKERS) worker(s), $$threads torch thread(s) each, on $$cores cores ($$cfg)."; fi; \
