@@ -146,8 +146,9 @@ def _not_an_image(data: bytes):
 MAX_ASPECT = 4  # longer panoramas are center-cropped to 4:1 first (same output, bounded memory)
 
 
-# Resized as uint8 tensors by torch's antialiased SIMD kernels: within 2 levels of Pillow's
-# resize (tests/test_imaging.py) at about a fifth of its time. Others go through Pillow.
+# Resized as uint8 tensors by torch's antialiased SIMD kernels: within 5 levels of Pillow's
+# resize, mean difference < 0.3 (tests/test_imaging.py), in about half its time
+# (docs/PERFORMANCE.md). Other interpolations go through Pillow.
 TENSOR_RESIZE = ("bilinear", "bicubic")
 
 
