@@ -42,6 +42,22 @@ HANDLERS = {"ours": "bench_ours", "stock": "bench_stock", "ours_scaled": "bench_
 ALONE_SECONDS = 2  # per model-alone setup per round
 
 
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """`NAME:key=value[,key=value]` -> (NAME, overrides): this handler once more, registered
+    beside the others with those model-config.yaml overrides (`handler.cpu_threads=1`)."""
+    name, sep, overrides = text.partition(":")
+    items = [o for o in overrides.split(",") if o]
+    if not sep or not name.isidentifier() or not items or any("=" not in o for o in items):
+        raise argparse.ArgumentTypeError(f"--variant expects NAME:key=value[,key=value], got {text!r}")
+    if name in HANDLERS:
+        raise argparse.ArgumentTypeError(f"--variant name {name!r} is taken by a built-in handler: {list(HANDLERS)}")
+    try:
+        model_config(ROOT / "model-config.yaml", items)  # unknown or ill-typed settings: refused before any run
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--variant {name}: {exc}") from None
+    return name, items
+
+
 def make_images(photos: Path, out: Path) -> dict[str, list[Path]]:
     """Each real photo, cover-cropped to each benchmark size, as a quality-90 JPEG."""
     sets = {}
@@ -169,6 +185,9 @@ def main(argv=None) -> int:
     parser.add_argument("--handlers", default=",".join(HANDLERS), help=f"handlers to run, of {list(HANDLERS)}")
     parser.add_argument("--scaled-workers", type=int, default=os.cpu_count() or 1,
                         help="workers of ours_scaled, each with cores/N torch threads (default: one per core)")
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME:KEY=VALUE[,...]",
+                        help="also run this handler with these model-config.yaml overrides, registered as NAME in the "
+                             "same rounds (repeatable), e.g. threads1:handler.cpu_threads=1")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("make bench needs wrk (sudo apt-get install -y wrk)", file=sys.stderr)
@@ -183,15 +202,18 @@ def main(argv=None) -> int:
     print("building archives and test images ...")
     image_sets = {k: v for k, v in make_images(args.photos, args.out / "images").items() if k in args.sizes.split(",")}
     handlers = {k: v for k, v in HANDLERS.items() if k in args.handlers.split(",")}
-    def config(cpu_threads: int) -> dict:
+    def config(cpu_threads: int, overrides=()) -> dict:
         return model_config(ROOT / "model-config.yaml", [f"batchSize={args.batch_size}", f"maxBatchDelay={args.max_batch_delay}",
-                                                         f"handler.cpu_threads={cpu_threads}"])
+                                                         f"handler.cpu_threads={cpu_threads}", *overrides])
 
     build(args.checkpoint, HANDLERS["ours"], "1.0", store, config(args.cpu_threads))
     scaled_threads = max(1, (os.cpu_count() or 1) // args.scaled_workers)
     if "ours_scaled" in handlers:
         build(args.checkpoint, HANDLERS["ours_scaled"], "1.0", store, config(scaled_threads))
     build_stock_mar(args.checkpoint, HANDLERS["stock"], store, args.batch_size, args.max_batch_delay)
+    for name, overrides in args.variant:
+        handlers[name] = f"bench_{name}"
+        build(args.checkpoint, handlers[name], "1.0", store, config(args.cpu_threads, overrides))
 
     print("top-1 agreement with the float32 reference pipeline ...")
     agreement = accuracy(args.checkpoint, args.photos, image_sets)
@@ -228,7 +250,8 @@ def main(argv=None) -> int:
               "agreement": agreement, "raw": {"runs": runs, "model_alone_rounds": alone_rounds},
               "settings": {"batchSize": args.batch_size, "maxBatchDelay": args.max_batch_delay, "workers": args.workers,
                            "scaled_workers": args.scaled_workers, "scaled_threads": scaled_threads,
-                           "cpu_threads": args.cpu_threads, "duration_s": args.duration, "rounds": args.repeats}}
+                           "cpu_threads": args.cpu_threads, "duration_s": args.duration, "rounds": args.repeats,
+                           "variants": {name: overrides for name, overrides in args.variant}}}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     from bench_report import plot, markdown  # noqa: E402
 

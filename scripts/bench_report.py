@@ -47,7 +47,9 @@ def markdown(report) -> str:
         f"One TorchServe, both archives with the same weights, batchSize {s['batchSize']}, "
         f"maxBatchDelay {s['maxBatchDelay']} ms, {s['workers']} worker each; wrk, {s['duration_s']} s per run. "
         + (f"ours_scaled: this handler again, {s['scaled_workers']} workers x {s['scaled_threads']} torch thread (the "
-           "`make serve CPU_WORKERS` rule), compared only with the model alone. " if "scaled_workers" in s else "") +
+           "`make serve CPU_WORKERS` rule), compared only with the model alone. "
+           if any(r["handler"] == "ours_scaled" for r in report["runs"]) else "") +
+        "".join(f"{name}: this handler again with {', '.join(o)}. " for name, o in s.get("variants", {}).items()) +
         f"Every figure is the median over {s.get('rounds', 1)} rounds; each round times the model alone, then "
         f"every load run, so a slow spell on a shared host touches all of them.", "",
         "## Targets", "", "| target | measured | goal | met |", "| --- | --- | --- | --- |",

@@ -1,0 +1,61 @@
+"""`make bench --variant`: this handler again with model-config overrides, in the same rounds."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from bench import parse_variant  # noqa: E402
+from bench_report import markdown  # noqa: E402
+
+
+def test_variant_parses_name_and_overrides():
+    assert parse_variant("threads1:handler.cpu_threads=1") == ("threads1", ["handler.cpu_threads=1"])
+    assert parse_variant("big:handler.decode_threads=4,handler.chunk_size=8") == (
+        "big", ["handler.decode_threads=4", "handler.chunk_size=8"])
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("handler.cpu_threads=1", "expects NAME:key=value"),  # no name
+    ("t1:", "expects NAME:key=value"),  # no overrides
+    ("t-1:handler.cpu_threads=1", "expects NAME:key=value"),  # not a usable name
+    ("t1:handler.cpu_threads", "expects NAME:key=value"),  # no value
+    ("stock:handler.cpu_threads=1", "taken by a built-in handler"),
+    ("t1:handler.cpu_thread=1", "unknown handler settings"),  # typo: refused before any run
+    ("t1:handler.jpeg_draft=maybe", "must be true or false"),
+])
+def test_bad_variants_are_refused_with_the_reason(text, fragment):
+    with pytest.raises(argparse.ArgumentTypeError, match=fragment):
+        parse_variant(text)
+
+
+RUN = {"size": "12MP", "concurrency": 16, "throughput": 30.0, "p50_ms": 500, "p90_ms": 550, "p99_ms": 640, "errors": 0}
+
+
+def _report(runs: list[dict], **settings) -> dict:
+    """A results.json of one 12 MP load run per handler, as scripts/bench.py writes it."""
+    return {
+        "host": {"cpu": "x", "cores": 2, "torch": "2", "torch_threads": 2},
+        "settings": {"batchSize": 8, "maxBatchDelay": 20, "workers": 1, "duration_s": 10, "rounds": 3, **settings},
+        "runs": runs,
+        "model_alone_img_s": {"eager contiguous batch 8": 30.0},
+        "agreement": [{"size": "12MP", "photo": "a.jpg", "reference": "cat", "served": "cat", "same_top1": True,
+                       "prob_shift": 0.01}],
+    }
+
+
+def test_report_names_each_variant_and_its_rows():
+    report = _report([{**RUN, "handler": "ours"}, {**RUN, "handler": "threads1", "throughput": 25.5}],
+                     variants={"threads1": ["handler.cpu_threads=1"]})
+    text = markdown(report)
+    assert "threads1: this handler again with handler.cpu_threads=1." in text
+    assert "| 12MP | threads1 | 16 | 25.5 |" in text
+
+
+def test_report_mentions_ours_scaled_only_when_it_ran():
+    report = _report([{**RUN, "handler": "ours"}], scaled_workers=2, scaled_threads=1)
+    assert "ours_scaled" not in markdown(report)
+    report["runs"].append({**RUN, "handler": "ours_scaled"})
+    assert "ours_scaled: this handler again, 2 workers x 1 torch thread" in markdown(report)
