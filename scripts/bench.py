@@ -189,6 +189,9 @@ def main(argv=None) -> int:
                         help="also run this handler with these model-config.yaml overrides, registered as NAME in the "
                              "same rounds (repeatable), e.g. threads1:handler.cpu_threads=1")
     args = parser.parse_args(argv)
+    names = [name for name, _ in args.variant]
+    if len(set(names)) != len(names):
+        parser.error(f"--variant names must differ, got {names}")
     if shutil.which("wrk") is None:
         print("make bench needs wrk (sudo apt-get install -y wrk)", file=sys.stderr)
         return 2

@@ -59,3 +59,11 @@ def test_report_mentions_ours_scaled_only_when_it_ran():
     assert "ours_scaled" not in markdown(report)
     report["runs"].append({**RUN, "handler": "ours_scaled"})
     assert "ours_scaled: this handler again, 2 workers x 1 torch thread" in markdown(report)
+
+
+def test_two_variants_with_one_name_are_refused():
+    from bench import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--variant", "a:handler.cpu_threads=1", "--variant", "a:handler.cpu_threads=2"])
+    assert exit_info.value.code == 2
