@@ -11,6 +11,10 @@ def _best(report, size, handler):
     return max(r["throughput"] for r in report["runs"] if (r["size"], r["handler"]) == (size, handler))
 
 
+def _ran(report, handler) -> bool:
+    return any(r["handler"] == handler for r in report["runs"])
+
+
 def targets(report) -> list[tuple[str, float, str, bool]]:
     """(what, measured ratio, target, met) for each target of the speed issue."""
     alone = max(report["model_alone_img_s"].values())
@@ -27,7 +31,7 @@ def targets(report) -> list[tuple[str, float, str, bool]]:
         vs_eager = _best(report, "500x375", "ours") / max(eager)
         out.append(("500x375 JPEGs: throughput vs eager model alone (best format and batch)", vs_eager, ">= 0.75x",
                     vs_eager >= 0.75))
-    if any(r["handler"] == "ours_scaled" for r in report["runs"]):  # the CPU-host rule: a worker per core
+    if _ran(report, "ours_scaled"):  # the CPU-host rule: a worker per core
         s = report["settings"]
         scaled = _best(report, "500x375", "ours_scaled") / alone
         out.append((f"500x375 JPEGs, {s['scaled_workers']} workers x {s['scaled_threads']} thread: throughput vs model alone "
@@ -48,7 +52,7 @@ def markdown(report) -> str:
         f"maxBatchDelay {s['maxBatchDelay']} ms, {s['workers']} worker each; wrk, {s['duration_s']} s per run. "
         + (f"ours_scaled: this handler again, {s['scaled_workers']} workers x {s['scaled_threads']} torch thread (the "
            "`make serve CPU_WORKERS` rule), compared only with the model alone. "
-           if any(r["handler"] == "ours_scaled" for r in report["runs"]) else "") +
+           if _ran(report, "ours_scaled") else "") +
         "".join(f"{name}: this handler again with {', '.join(o)}. " for name, o in s.get("variants", {}).items()) +
         f"Every figure is the median over {s.get('rounds', 1)} rounds; each round times the model alone, then "
         f"every load run, so a slow spell on a shared host touches all of them.", "",
