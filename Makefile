@@ -13,6 +13,11 @@ TSCTL := $(PY) -m tsctl.cli --key-file key_file.json
 PYTEST_ARGS ?=
 # CPU-only hosts: workers per model; each gets cores/CPU_WORKERS torch threads (README "Workers and threads").
 CPU_WORKERS ?= 1
+# A worker's OpenMP threads spin this long (libgomp busy-wait iterations: a fraction of a
+# millisecond) between the forward pass's operators before they sleep. OMP_WAIT_POLICY=PASSIVE
+# (no spinning) made the model alone 10-45% slower here; libgomp's default (300000) spins 30
+# times longer, on cores that other workers may need (docs/PERFORMANCE.md, "OpenMP spinning").
+SERVE_OMP_ENV ?= GOMP_SPINCOUNT=10000
 
 .PHONY: serve stop mar test bench install java clean
 
@@ -54,7 +59,7 @@ serve: install java $(DEFAULT_MAR)
 	    cores=$$(nproc); threads=$$(( cores / $(CPU_WORKERS) > 0 ? cores / $(CPU_WORKERS) : 1 )); \
 	    cfg=build/config.cpu.properties; { cat config.properties; echo default_workers_per_model=$(CPU_WORKERS); } > $$cfg; \
 	    echo "No GPU found: $(CPU_WORKERS) worker(s), $$threads torch thread(s) each, on $$cores cores ($$cfg)."; fi; \
-	  env OMP_WAIT_POLICY=PASSIVE $${threads:+OMP_NUM_THREADS=$$threads} $(VENV)/bin/torchserve --start --ncs --ts-config $$cfg \
+	  env $(SERVE_OMP_ENV) $${threads:+OMP_NUM_THREADS=$$threads} $(VENV)/bin/torchserve --start --ncs --ts-config $$cfg \
 	    --model-store model_store --log-config log4j2.xml > logs_start.txt 2>&1 || { cat logs_start.txt; exit 1; }; \
 	fi
 	$(TSCTL) wait efficientnet_lite0 --timeout 300
@@ -72,7 +77,7 @@ serve: install java $(DEFAULT_MAR)
 BENCH_ARGS ?=
 bench: install java $(DEFAULT_CKPT)
 	@command -v wrk >/dev/null || { echo "make bench needs wrk (Debian/Ubuntu: sudo apt-get install -y wrk)"; exit 1; }
-	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/bench.py $(BENCH_ARGS)
+	$(PY) scripts/bench.py $(addprefix --server-env ,$(SERVE_OMP_ENV)) $(BENCH_ARGS)
 
 stop:
 	-$(VENV)/bin/torchserve --stop

@@ -23,3 +23,17 @@ def memory_stats(device: torch.device) -> dict:
         "gpu_memory_allocated_mib": round(torch.cuda.memory_allocated(device) / mib, 1),
         "gpu_memory_reserved_mib": round(torch.cuda.memory_reserved(device) / mib, 1),
     }
+
+
+def single_threaded_torch() -> None:
+    """ThreadPoolExecutor initializer for threads that call torch beside the forward pass.
+
+    With OpenMP (libgomp, as in PyTorch's Linux wheels) each thread that reaches a parallel
+    region gets its own team of `torch.get_num_threads()` OpenMP threads. Decoding threads that
+    resize with torch would each add a team, the process would hold more OpenMP threads than
+    cores, and libgomp then stops spinning between operators: the forward pass's OpenMP thread
+    sleeps and wakes on every operator (docs/PERFORMANCE.md, "One torch thread per decoding
+    thread"). One torch thread per decoding thread keeps a single team, the forward pass's.
+    Decoding threads work on different images, so nothing is lost to running each serially.
+    """
+    torch.set_num_threads(1)

@@ -19,7 +19,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from handlers.batch import Batch
 from handlers.chunking import candidate_sizes, in_chunks, pick_chunk, time_sizes
 from handlers.checkpoint import assert_inference_ready, load_classifier, quantize_linear_int8
-from handlers.device import memory_stats, select_device
+from handlers.device import memory_stats, select_device, single_threaded_torch
 from handlers.errors import InputError
 from handlers.graph import Graph, build_graph, example_inputs, resolve_mode, verification_sizes
 from handlers.imaging import decode_image, normalize, recipe_pixels
@@ -56,8 +56,10 @@ class ImageClassifier(BaseHandler):
         self.chunk_rates = None
         self.requests_served = 0
         self.oom_splits = 0
-        # Pillow releases the GIL while decoding and resizing, so a batch decodes in parallel.
-        self.decoders = ThreadPoolExecutor(self.settings.decode_threads or os.cpu_count() or 1)
+        # Pillow and torch release the GIL while decoding and resizing, so a batch decodes in
+        # parallel; each decoding thread runs torch single-threaded (see single_threaded_torch).
+        self.decoders = ThreadPoolExecutor(self.settings.decode_threads or os.cpu_count() or 1,
+                                           initializer=single_threaded_torch)
         self.last_inference_ms = None
         self.last_inference_at = None
         self.metrics = HandlerMetrics(None, context.model_name)

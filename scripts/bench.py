@@ -169,6 +169,14 @@ def _tick(proc, bar, duration):
         bar.update(1)
 
 
+def parse_env(text: str) -> tuple[str, str]:
+    """`KEY=VALUE` for TorchServe's environment (its workers inherit it)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"--server-env expects KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "build" / "efficientnet_lite0.pt")
@@ -188,6 +196,9 @@ def main(argv=None) -> int:
     parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME:KEY=VALUE[,...]",
                         help="also run this handler with these model-config.yaml overrides, registered as NAME in the "
                              "same rounds (repeatable), e.g. threads1:handler.cpu_threads=1")
+    parser.add_argument("--server-env", type=parse_env, action="append", default=[], metavar="KEY=VALUE",
+                        help="set in TorchServe's environment, so in every worker's (repeatable; make bench passes "
+                             "make serve's SERVE_OMP_ENV). The model alone runs in this process, with this process's.")
     args = parser.parse_args(argv)
     names = [name for name, _ in args.variant]
     if len(set(names)) != len(names):
@@ -224,6 +235,7 @@ def main(argv=None) -> int:
 
     server = TorchServe(args.out / "torchserve", store, ",".join(f"{m}.mar" for m in handlers.values()),
                         extra_config={"default_workers_per_model": args.workers})
+    server.env.update(args.server_env)
     server.start(list(handlers.values()))
     if "ours_scaled" in handlers:
         server.client.management("PUT", f"/models/{HANDLERS['ours_scaled']}", params={
@@ -254,7 +266,8 @@ def main(argv=None) -> int:
               "settings": {"batchSize": args.batch_size, "maxBatchDelay": args.max_batch_delay, "workers": args.workers,
                            "scaled_workers": args.scaled_workers, "scaled_threads": scaled_threads,
                            "cpu_threads": args.cpu_threads, "duration_s": args.duration, "rounds": args.repeats,
-                           "variants": {name: overrides for name, overrides in args.variant}}}
+                           "variants": {name: overrides for name, overrides in args.variant},
+                           "server_env": dict(args.server_env)}}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     from bench_report import plot, markdown  # noqa: E402
 
@@ -287,8 +300,9 @@ def median_runs(runs: list[dict]) -> list[dict]:
 def host_info(threads: int) -> dict:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), "unknown")
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)")}
+    # the OpenMP settings the model alone ran with (this process's)
+    omp = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__, "omp_env": omp}
 
 
 if __name__ == "__main__":

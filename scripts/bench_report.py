@@ -15,6 +15,10 @@ def _ran(report, handler) -> bool:
     return any(r["handler"] == handler for r in report["runs"])
 
 
+def _env(env: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in env.items()) or "libgomp's defaults"
+
+
 def targets(report) -> list[tuple[str, float, str, bool]]:
     """(what, measured ratio, target, met) for each target of the speed issue."""
     alone = max(report["model_alone_img_s"].values())
@@ -46,8 +50,9 @@ def markdown(report) -> str:
     h, s = report["host"], report["settings"]
     lines = [
         "# Benchmark results", "",
-        f"Host: {h['cpu']}, {h['cores']} cores, torch {h['torch']} ({h['torch_threads']} threads), "
-        f"OMP_WAIT_POLICY={h.get('OMP_WAIT_POLICY')}. "
+        f"Host: {h['cpu']}, {h['cores']} cores, torch {h['torch']} ({h['torch_threads']} threads). "
+        f"OpenMP: the model alone with {_env(h.get('omp_env', {}))}, TorchServe's workers with "
+        f"{_env(s.get('server_env', {}))}. "
         f"One TorchServe, both archives with the same weights, batchSize {s['batchSize']}, "
         f"maxBatchDelay {s['maxBatchDelay']} ms, {s['workers']} worker each; wrk, {s['duration_s']} s per run. "
         + (f"ours_scaled: this handler again, {s['scaled_workers']} workers x {s['scaled_threads']} torch thread (the "

@@ -1,4 +1,5 @@
-"""`make bench --variant`: this handler again with model-config overrides, in the same rounds."""
+"""`make bench` options: --variant (this handler again with model-config overrides, in the same
+rounds) and --server-env (TorchServe's environment), and how the report states them."""
 
 import argparse
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bench import parse_variant  # noqa: E402
+from bench import parse_env, parse_variant  # noqa: E402
 from bench_report import markdown  # noqa: E402
 
 
@@ -67,3 +68,19 @@ def test_two_variants_with_one_name_are_refused():
     with pytest.raises(SystemExit) as exit_info:
         main(["--variant", "a:handler.cpu_threads=1", "--variant", "a:handler.cpu_threads=2"])
     assert exit_info.value.code == 2
+
+
+def test_server_env_parses_and_refuses_what_is_not_key_value():
+    assert parse_env("GOMP_SPINCOUNT=10000") == ("GOMP_SPINCOUNT", "10000")
+    assert parse_env("EMPTY=") == ("EMPTY", "")
+    for bad in ("GOMP_SPINCOUNT", "=1", "A B=1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+            parse_env(bad)
+
+
+def test_report_states_the_openmp_environment_of_the_model_alone_and_of_the_workers():
+    report = _report([{**RUN, "handler": "ours"}], server_env={"GOMP_SPINCOUNT": "10000"})
+    assert ("OpenMP: the model alone with libgomp's defaults, TorchServe's workers with GOMP_SPINCOUNT=10000."
+            in markdown(report))
+    report["host"]["omp_env"] = {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert "the model alone with OMP_WAIT_POLICY=PASSIVE," in markdown(report)

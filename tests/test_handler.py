@@ -181,3 +181,15 @@ def test_handler_metrics_reach_torchserves_metrics_cache(handler, photos, caplog
     assert any("ImageClassifierInputErrors" in l and "ErrorType:not_an_image" in l for l in lines)
     assert any("Stage:inference" in l for l in lines) and any("Stage:decode" in l for l in lines)
     assert not any("Failed to update metric" in r.getMessage() for r in caplog.records)
+
+
+def test_decoding_threads_run_torch_single_threaded_and_the_forward_keeps_its_threads(handler, photos):
+    # Each decoding thread would otherwise bring its own OpenMP team into the process
+    # (handlers/device.py, single_threaded_torch), and libgomp stops spinning when oversubscribed.
+    before = torch.get_num_threads()
+    answers = run_batch(handler, [{"body": photos[n]} for n in ("dog1.jpg", "bus.jpg", "cat.jpg", "croco.jpg")])
+    assert [a.status for a in answers] == [200] * 4
+    in_decoders = {f.result() for f in [handler.decoders.submit(torch.get_num_threads) for _ in range(16)]}
+    assert in_decoders == {1}
+    assert torch.get_num_threads() == before
+    assert handler.describe_handle()["torch_threads"] == before
