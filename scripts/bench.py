@@ -266,7 +266,7 @@ def main(argv=None) -> int:
               "settings": {"batchSize": args.batch_size, "maxBatchDelay": args.max_batch_delay, "workers": args.workers,
                            "scaled_workers": args.scaled_workers, "scaled_threads": scaled_threads,
                            "cpu_threads": args.cpu_threads, "duration_s": args.duration, "rounds": args.repeats,
-                           "variants": {name: overrides for name, overrides in args.variant},
+                           "variants": dict(args.variant),
                            "server_env": dict(args.server_env)}}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     from bench_report import plot, markdown  # noqa: E402
