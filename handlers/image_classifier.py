@@ -22,7 +22,7 @@ from handlers.checkpoint import assert_inference_ready, load_classifier, quantiz
 from handlers.device import memory_stats, select_device, single_threaded_torch
 from handlers.errors import InputError
 from handlers.graph import Graph, build_graph, example_inputs, resolve_mode, verification_sizes
-from handlers.imaging import decode_image, normalize, recipe_pixels
+from handlers.imaging import image_pixels, normalize
 from handlers.metrics import HandlerMetrics
 from handlers.payload import extract_payload, parse_topk
 from handlers.predictions import top_k
@@ -141,9 +141,7 @@ class ImageClassifier(BaseHandler):
             payload = extract_payload(item, s.max_body_bytes)
             requested = payload.topk if payload.topk is not None else self._header(idx, TOPK_HEADER)
             batch.topk[idx] = parse_topk(requested, s.topk, min(s.max_topk, len(self.info.labels)))
-            draft = self.info.recipe.resize_size if s.jpeg_draft else None
-            image = decode_image(payload.image, s.max_image_pixels, draft_size=draft)
-            return recipe_pixels(image, self.info.recipe)
+            return image_pixels(payload.image, s.max_image_pixels, self.info.recipe, draft=s.jpeg_draft)
         except InputError as err:
             return err
         except Exception as exc:  # a decoder bug must not cost the rest of the batch

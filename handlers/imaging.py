@@ -11,6 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 
 from .errors import bad_request, too_large, unsupported
+from .jpeg import jpeg_tensor
 from .recipe import Recipe
 
 # Formats decoded; Pillow is never asked to try any other plugin (EPS, PSD, ...).
@@ -42,6 +43,34 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
     `draft_size`, JPEGs are decoded by DCT scaling straight to the smallest size whose
     sides are both >= draft_size (several times faster on large photos).
     """
+    img = open_image(data, max_pixels)
+    if draft_size:
+        draft_jpeg(img, draft_size)
+    return load_rgb(img, max_pixels)
+
+
+def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = True) -> torch.Tensor:
+    """Encoded image -> the recipe's uint8 tensor [3, crop, crop]: what the handler serves.
+
+    JPEGs that DCT scaling would not shrink (most photos under ~4x the resize size) and whose
+    recipe resizes as tensors are decoded by TorchCodec straight into a tensor: the same pixels
+    as Pillow's, without Pillow's copy into the tensor, which holds the GIL (handlers/jpeg.py).
+    Everything else, and anything TorchCodec refuses, takes Pillow's path, whose checks and
+    error messages stay the only ones a client sees.
+    """
+    img = open_image(data, max_pixels)
+    size = img.size
+    if draft:
+        draft_jpeg(img, recipe.resize_size)
+    if img.size == size and recipe.interpolation in TENSOR_RESIZE:
+        pixels = jpeg_tensor(img, data)
+        if pixels is not None:
+            return _resize_crop(pixels, recipe)
+    return recipe_pixels(load_rgb(img, max_pixels), recipe)
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Encoded image -> a PIL image whose header is read and checked; no pixel decoded yet."""
     if not data:
         raise bad_request("empty_body", "The request body is empty. Send the image bytes as the body.")
     with warnings.catch_warnings():
@@ -54,18 +83,30 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
             raise too_large("too_many_pixels", f"The image has more than {max_pixels} pixels.") from None
         except Exception as exc:  # a header Pillow recognised but cannot parse
             raise bad_request("corrupt_image", f"The image header is corrupt: {exc}.") from None
-        width, height = img.size
-        if width * height > max_pixels:
-            raise too_large(
-                "too_many_pixels",
-                f"The image is {width}x{height} = {width * height} pixels; "
-                f"this model accepts at most {max_pixels}. Downscale it before sending.",
-            )
-        if width < 1 or height < 1:
-            raise bad_request("corrupt_image", f"The image has no pixels ({width}x{height}).")
+    width, height = img.size
+    if width * height > max_pixels:
+        raise too_large(
+            "too_many_pixels",
+            f"The image is {width}x{height} = {width * height} pixels; "
+            f"this model accepts at most {max_pixels}. Downscale it before sending.",
+        )
+    if width < 1 or height < 1:
+        raise bad_request("corrupt_image", f"The image has no pixels ({width}x{height}).")
+    return img
+
+
+def draft_jpeg(img: Image.Image, draft_size: int) -> None:
+    """Ask Pillow to decode a JPEG by DCT scaling to the smallest size with both sides >=
+    draft_size; `img.size` shows the result before decoding (unchanged when no scale fits)."""
+    if img.format in ("JPEG", "MPO"):
+        img.draft("RGB", (draft_size, draft_size))
+
+
+def load_rgb(img: Image.Image, max_pixels: int) -> Image.Image:
+    """Decode an opened image's pixels -> RGB, EXIF orientation applied."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            if draft_size and img.format in ("JPEG", "MPO"):
-                img.draft("RGB", (draft_size, draft_size))
             img.load()
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
@@ -156,8 +197,15 @@ def recipe_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
     """RGB image -> uint8 tensor [3, crop, crop]: short side to resize_size, center crop."""
     if recipe.interpolation not in TENSOR_RESIZE:
         return reference_pixels(img, recipe)
-    pixels = F.pil_to_tensor(_limit_aspect(img))  # a view of Pillow's HWC bytes: channels-last
-    pixels = F.resize(pixels, recipe.resize_size, interpolation=_INTERPOLATION[recipe.interpolation], antialias=True)
+    # cropped before the copy into a tensor, which then shares Pillow's HWC layout: channels-last
+    return _resize_crop(F.pil_to_tensor(_limit_aspect(img)), recipe)
+
+
+def _resize_crop(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """uint8 [3, H, W] -> [3, crop, crop] with torch's antialiased resize, then center crop."""
+    left, top, right, bottom = _aspect_box(pixels.shape[-1], pixels.shape[-2])
+    pixels = F.resize(pixels[:, top:bottom, left:right], recipe.resize_size,
+                      interpolation=_INTERPOLATION[recipe.interpolation], antialias=True)
     return F.center_crop(pixels, [recipe.crop_size, recipe.crop_size]).contiguous()
 
 
@@ -170,18 +218,21 @@ def reference_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
 
 
 def _limit_aspect(img: Image.Image) -> Image.Image:
+    box = _aspect_box(*img.size)
+    return img if box == (0, 0, *img.size) else img.crop(box)
+
+
+def _aspect_box(w: int, h: int) -> tuple[int, int, int, int]:
     # A 20000x10 strip resized to a short side of 256 would be 512 megapixels; the center
     # crop only ever uses the middle, so cut the long side to MAX_ASPECT x the short side.
-    w, h = img.size
-    short = min(w, h)
-    if max(w, h) <= MAX_ASPECT * short:
-        return img
-    keep = MAX_ASPECT * short
+    keep = MAX_ASPECT * min(w, h)
+    if max(w, h) <= keep:
+        return 0, 0, w, h
     if w > h:
         left = (w - keep) // 2
-        return img.crop((left, 0, left + keep, h))
+        return left, 0, left + keep, h
     top = (h - keep) // 2
-    return img.crop((0, top, w, top + keep))
+    return 0, top, w, top + keep
 
 
 def normalize(batch: torch.Tensor, recipe: Recipe) -> torch.Tensor:

@@ -31,7 +31,7 @@ from stock_archive import build_stock_mar  # noqa: E402
 
 from handlers.checkpoint import load_classifier  # noqa: E402
 from handlers.graph import freeze  # noqa: E402
-from handlers.imaging import decode_image, normalize, recipe_pixels, reference_pixels  # noqa: E402
+from handlers.imaging import decode_image, image_pixels, normalize, reference_pixels  # noqa: E402
 from tsctl.local_server import TorchServe  # noqa: E402
 
 SIZES = {"500x375": (500, 375), "12MP": (4000, 3000)}
@@ -115,7 +115,7 @@ def model_alone(setups, seconds: float) -> dict[str, float]:
 
 def accuracy(checkpoint: Path, photos: Path, image_sets: dict) -> list[dict]:
     """Top-1 of the float32 reference pipeline (full decode, Pillow resize, eager model) vs what
-    the handler serves on CPU (JPEG draft decoding, tensor resize, frozen channels_last graph)."""
+    the handler serves on CPU (handlers.imaging.image_pixels, frozen channels_last graph)."""
     model, info = load_classifier(checkpoint, torch.device("cpu"))
     torch.jit.enable_onednn_fusion(True)
     served = freeze(load_classifier(checkpoint, torch.device("cpu"), True)[0],
@@ -123,9 +123,12 @@ def accuracy(checkpoint: Path, photos: Path, image_sets: dict) -> list[dict]:
     labels = json.loads((photos / "labels.json").read_text())
     rows = []
 
-    def top1(net, data: bytes, draft):
-        pixels = recipe_pixels if net is served else reference_pixels
-        x = normalize(pixels(decode_image(data, 10**9, draft), info.recipe)[None], info.recipe)
+    def top1(net, data: bytes):
+        if net is served:  # the handler's decoding: JPEG draft or TorchCodec, tensor resize
+            pixels = image_pixels(data, 10**9, info.recipe)
+        else:
+            pixels = reference_pixels(decode_image(data, 10**9), info.recipe)
+        x = normalize(pixels[None], info.recipe)
         if net is served:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
@@ -135,7 +138,7 @@ def accuracy(checkpoint: Path, photos: Path, image_sets: dict) -> list[dict]:
     for size_name, paths in [("original", sorted(photos.glob("*.jpg")))] + list(image_sets.items()):
         for path in paths:
             data = path.read_bytes()
-            (ref_i, ref_p), (draft_i, draft_p) = top1(model, data, None), top1(served, data, info.recipe.resize_size)
+            (ref_i, ref_p), (draft_i, draft_p) = top1(model, data), top1(served, data)
             rows.append({"size": size_name, "photo": path.name, "reference": info.labels[ref_i],
                          "served": info.labels[draft_i], "same_top1": ref_i == draft_i,
                          "acceptable": labels.get(path.name), "prob_shift": draft_p - ref_p})
