@@ -1,14 +1,20 @@
-"""Forward passes in chunks of the fastest size.
+"""Forward passes in chunks of the fastest size, and in parallel single-threaded streams.
 
 On a CPU a batch of 8 can run slower per image than two batches of 4: the activations of
 the early layers stop fitting in cache (EfficientNet-Lite0 on this 2-core host: about 96
 img/s at batch 4 against 71 at batch 8). The handler times every size at warm-up and runs
 each TorchServe batch in chunks of the fastest one; TorchServe still batches as configured.
+
+On a CPU worker with several torch threads, a batch with at least one image per thread runs
+as that many single-threaded streams, each on its share of the images: no OpenMP barrier
+between operators, so a core taken for a moment by the frontend or the decoding delays one
+stream rather than every operator of one multi-threaded pass (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor
 from typing import Callable
 
 import torch
@@ -45,6 +51,12 @@ def in_chunks(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Ten
         return forward(pixels)
     parts = -(-len(pixels) // chunk)
     return torch.cat([forward(part) for part in torch.tensor_split(pixels, parts)])
+
+
+def in_streams(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, pool: Executor,
+               streams: int) -> torch.Tensor:
+    """`forward` over `streams` even shares of the batch at once on `pool`, results in order."""
+    return torch.cat(list(pool.map(forward, torch.tensor_split(pixels, streams))))
 
 
 def _timed(forward, x) -> float:

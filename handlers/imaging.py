@@ -49,20 +49,21 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
     return load_rgb(img, max_pixels)
 
 
-def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = True) -> torch.Tensor:
+def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = True,
+                 torchcodec: bool = True) -> torch.Tensor:
     """Encoded image -> the recipe's uint8 tensor [3, crop, crop]: what the handler serves.
 
     JPEGs that DCT scaling would not shrink (most photos under ~4x the resize size) and whose
     recipe resizes as tensors are decoded by TorchCodec straight into a tensor: the same pixels
     as Pillow's, without Pillow's copy into the tensor, which holds the GIL (handlers/jpeg.py).
-    Everything else, and anything TorchCodec refuses, takes Pillow's path, whose checks and
-    error messages stay the only ones a client sees.
+    Everything else, anything TorchCodec refuses, and everything when `torchcodec` is False
+    takes Pillow's path, whose checks and error messages stay the only ones a client sees.
     """
     img = open_image(data, max_pixels)
     size = img.size
     if draft:
         draft_jpeg(img, recipe.resize_size)
-    if img.size == size and recipe.interpolation in TENSOR_RESIZE:
+    if torchcodec and img.size == size and recipe.interpolation in TENSOR_RESIZE:
         pixels = jpeg_tensor(img, data)
         if pixels is not None:
             return _resize_crop(pixels, recipe)

@@ -19,12 +19,14 @@ class Settings:
     max_image_pixels: int = 50_000_000  # checked from the header, before decoding
     max_body_bytes: int = 24 * 1024 * 1024  # image bytes; TorchServe's max_request_size: 4/3 of this + 1 MiB
     jpeg_draft: bool = True  # decode large JPEGs by DCT scaling to just above the resize size
+    jpeg_torchcodec: bool = True  # other JPEGs: TorchCodec decodes into a tensor (Pillow's pixels, faster)
     channels_last: bool = True
     cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0 = torch's default (OMP_NUM_THREADS or all cores)
     decode_threads: int = 0  # images of a batch decoded in parallel; 0 = one thread per core
     warmup: bool = True
     graph: str = "auto"  # auto (frozen on CPU, eager on CUDA), eager, freeze, compile
     chunk_size: int = 0  # images per forward pass; 0: CPU picks the fastest size at warm-up, CUDA the whole batch
+    cpu_streams: bool = True  # CPU: a batch of >= 1 image per torch thread runs as single-threaded streams
     onednn_fusion: bool = True  # CPU, frozen graphs: oneDNN Graph fusion (TorchScript's LLGA)
     quantize_int8: bool = False  # CPU only: dynamic int8 quantization of nn.Linear layers
 

@@ -133,3 +133,9 @@ def test_mpo_phone_photo_gives_its_first_frame(torchcodec_calls):
     assert Image.open(io.BytesIO(data)).format == "MPO"
     assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
     assert len(torchcodec_calls) == 1
+
+
+def test_switched_off_pillow_decodes_everything(torchcodec_calls):
+    data = photo(IMAGES / "kitten.jpg", (500, 375))
+    assert torch.equal(image_pixels(data, LIMIT, RECIPE, torchcodec=False), pillow_pixels(data))
+    assert torchcodec_calls == []
