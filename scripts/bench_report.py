@@ -80,7 +80,7 @@ def markdown(report) -> str:
     same = sum(r["same_top1"] for r in rows)
     shift = max(abs(r["prob_shift"]) for r in rows)
     lines += ["", "## Top-1 agreement with the float32 reference pipeline (full decode)", "",
-              f"{same}/{len(rows)} images have the same top-1 as served (JPEG draft decoding, tensor resize, frozen graph); the largest "
+              f"{same}/{len(rows)} images have the same top-1 as served (JPEG draft or TorchCodec decoding, tensor resize, frozen graph); the largest "
               f"change of the top-1 probability is {shift:.3f}.", "",
               "| images | photo | reference top-1 | served top-1 | probability shift |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
