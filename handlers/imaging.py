@@ -53,7 +53,7 @@ def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = Tru
                  torchcodec: bool = True) -> torch.Tensor:
     """Encoded image -> the recipe's uint8 tensor [3, crop, crop]: what the handler serves.
 
-    JPEGs that DCT scaling would not shrink (most photos under ~4x the resize size) and whose
+    JPEGs that DCT scaling would not shrink (a side under twice the resize size) and whose
     recipe resizes as tensors are decoded by TorchCodec straight into a tensor: the same pixels
     as Pillow's, without Pillow's copy into the tensor, which holds the GIL (handlers/jpeg.py).
     Everything else, anything TorchCodec refuses, and everything when `torchcodec` is False

@@ -2,7 +2,7 @@
 
 TorchCodec (torchvision's successor for image decoding) decodes into a tensor directly, applying
 EXIF orientation, with the same pixels as Pillow plus `ImageOps.exif_transpose`
-(tests/test_imaging.py checks this on real photos and every orientation). Pillow's path costs a
+(tests/test_jpeg_path.py checks this on real photos and every orientation). Pillow's path costs a
 copy of the decoded image into the tensor that holds the GIL, so a batch decodes about 1.5x
 faster this way on the decoding threads (docs/PERFORMANCE.md, "TorchCodec JPEG decoding").
 """
