@@ -44,3 +44,20 @@ def jpeg_bytes(img, **kwargs) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", **kwargs)
     return buf.getvalue()
+
+
+@pytest.fixture
+def torchcodec_calls(monkeypatch):
+    """Counts the images TorchCodec decodes (their byte lengths, in call order)."""
+    from handlers import jpeg
+
+    assert jpeg.decode_jpeg is not None, "torchcodec is a dependency (setup.cfg)"
+    calls = []
+    real = jpeg.decode_jpeg
+
+    def counted(data, **kwargs):
+        calls.append(len(data))
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(jpeg, "decode_jpeg", counted)
+    return calls

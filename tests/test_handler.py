@@ -137,29 +137,19 @@ def test_unknown_handler_setting_refuses_to_start(default_checkpoint, tmp_path):
         load_handler(default_checkpoint, tmp_path, config={"handler": {"top_k": 3}})
 
 
-def test_jpegs_decode_with_torchcodec_unless_draft_decoding_shrinks_them(handler, photos, monkeypatch):
-    calls = _count_torchcodec(monkeypatch)
+def test_jpegs_decode_with_torchcodec_unless_draft_decoding_shrinks_them(handler, photos, torchcodec_calls):
     names = sorted(photos)
     assert all(a.status == 200 for a in run_batch(handler, [{"body": photos[n]} for n in names]))
     resize = handler.info.recipe.resize_size
     drafted = {n for n in names if min(d // resize for d in Image.open(io.BytesIO(photos[n])).size) >= 2}
-    assert sorted(calls) == sorted(len(photos[n]) for n in names if n not in drafted)
+    assert sorted(torchcodec_calls) == sorted(len(photos[n]) for n in names if n not in drafted)
 
 
-def _count_torchcodec(monkeypatch) -> list:
-    from handlers import jpeg
-
-    calls, real = [], jpeg.decode_jpeg
-    monkeypatch.setattr(jpeg, "decode_jpeg", lambda data, **kw: calls.append(len(data)) or real(data, **kw))
-    return calls
-
-
-def test_handler_settings_from_model_config(default_checkpoint, tmp_path, photos, monkeypatch):
+def test_handler_settings_from_model_config(default_checkpoint, tmp_path, photos, torchcodec_calls):
     settings = {"topk": 1, "jpeg_draft": False, "jpeg_torchcodec": False}
     h = load_handler(default_checkpoint, tmp_path, config={"handler": settings})
-    calls = _count_torchcodec(monkeypatch)
     answer = run_batch(h, [{"body": photos["kitten.jpg"]}])[0]
-    assert len(answer.body) == 1 and calls == []  # Pillow decoded it
+    assert len(answer.body) == 1 and torchcodec_calls == []  # Pillow decoded it
     # Without draft decoding the kitten matches the float32 reference pipeline: 0.558
     assert answer.body[0]["probability"] == pytest.approx(0.558, abs=0.005)
 

@@ -21,21 +21,6 @@ RECIPE = Recipe(crop_size=224, resize_size=256, interpolation="bicubic", mean=(0
 PHOTOS = sorted(IMAGES.glob("*.jpg"))
 
 
-@pytest.fixture
-def torchcodec_calls(monkeypatch):
-    """Counts the images TorchCodec decodes."""
-    assert jpeg.decode_jpeg is not None, "torchcodec is a dependency (setup.cfg)"
-    calls = []
-    real = jpeg.decode_jpeg
-
-    def counted(data, **kwargs):
-        calls.append(len(data))
-        return real(data, **kwargs)
-
-    monkeypatch.setattr(jpeg, "decode_jpeg", counted)
-    return calls
-
-
 def pillow_pixels(data: bytes, recipe: Recipe = RECIPE, draft: bool = True) -> torch.Tensor:
     return recipe_pixels(decode_image(data, LIMIT, recipe.resize_size if draft else None), recipe)
 
