@@ -124,13 +124,11 @@ def accuracy(checkpoint: Path, photos: Path, image_sets: dict) -> list[dict]:
     rows = []
 
     def top1(net, data: bytes):
-        if net is served:  # the handler's decoding: JPEG draft or TorchCodec, tensor resize
-            pixels = image_pixels(data, 10**9, info.recipe)
-        else:
-            pixels = reference_pixels(decode_image(data, 10**9), info.recipe)
-        x = normalize(pixels[None], info.recipe)
-        if net is served:
+        if net is served:  # the handler's decoding (JPEG draft or TorchCodec, tensor resize), channels_last
+            x = normalize(image_pixels(data, 10**9, info.recipe)[None], info.recipe)
             x = x.contiguous(memory_format=torch.channels_last)
+        else:
+            x = normalize(reference_pixels(decode_image(data, 10**9), info.recipe)[None], info.recipe)
         with torch.inference_mode():
             p = net(x).softmax(1)[0]
         return int(p.argmax()), float(p.max())
