@@ -115,11 +115,13 @@ def test_all_bad_batch_never_reaches_the_model(handler):
     assert [a.status for a in answers] == [415, 415]
 
 
-def test_describe_reports_health(handler):
+def test_describe_reports_health(handler, photos):
+    served = handler.describe_handle()["requests_served"]
+    run_batch(handler, [{"body": photos["kitten.jpg"]}, {"body": b"not an image"}])
     health = handler.describe_handle()
     assert health["architecture"] == "timm:tf_efficientnet_lite0"
     assert health["device"] == "cpu" and health["eval_mode_verified"] and health["warmed_up"]
-    assert health["requests_served"] > 0
+    assert health["requests_served"] == served + 1  # answered requests; the bad one is not counted
     assert health["torch_threads"] == torch.get_num_threads()
 
 
