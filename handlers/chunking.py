@@ -6,9 +6,12 @@ img/s at batch 4 against 71 at batch 8). The handler times every size at warm-up
 each TorchServe batch in chunks of the fastest one; TorchServe still batches as configured.
 
 On a CPU worker with several torch threads, a batch with at least one image per thread runs
-as that many single-threaded streams, each on its share of the images: no OpenMP barrier
-between operators, so a core taken for a moment by the frontend or the decoding delays one
-stream rather than every operator of one multi-threaded pass (docs/PERFORMANCE.md).
+on that many single-threaded streams: no OpenMP barrier between operators, so a core taken for
+a moment by the frontend or the decoding delays one stream rather than every operator of one
+multi-threaded pass. The batch is cut into chunks of the size that runs fastest this way (timed
+at warm-up: single-threaded passes favour smaller chunks than a multi-threaded one), and each
+stream takes the next chunk when it is done with one, so a stream held up takes fewer
+(docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -53,10 +56,30 @@ def in_chunks(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Ten
     return torch.cat([forward(part) for part in torch.tensor_split(pixels, parts)])
 
 
+def stream_parts(n: int, streams: int, chunk: int) -> int:
+    """How many chunks `n` images run in on `streams` streams: chunks of at most `chunk` images,
+    and at least one per stream (up to one image each) so that every stream has work."""
+    return max(min(streams, n), -(-n // chunk))
+
+
 def in_streams(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, pool: Executor,
-               streams: int) -> torch.Tensor:
-    """`forward` over `streams` even shares of the batch at once on `pool`, results in order."""
-    return torch.cat(list(pool.map(forward, torch.tensor_split(pixels, streams))))
+               parts: int) -> torch.Tensor:
+    """`forward` over the batch cut into `parts` parts as even as possible, run on `pool`'s
+    threads as they come free; results in order."""
+    return torch.cat(list(pool.map(forward, torch.tensor_split(pixels, parts))))
+
+
+def time_stream_chunks(forward: Callable[[torch.Tensor], object], pixels: torch.Tensor, pool: Executor,
+                       streams: int, chunks, repeats: int = 2) -> dict[int, float]:
+    """images/s of the whole of `pixels` run on `pool` in chunks of each size in `chunks`:
+    best of `repeats` timed runs, after one untimed run (each thread's first pass at a shape)."""
+    rates = {}
+    for chunk in chunks:
+        parts = stream_parts(len(pixels), streams, chunk)
+        in_streams(forward, pixels, pool, parts)
+        seconds = min(_timed(lambda x: in_streams(forward, x, pool, parts), pixels) for _ in range(repeats))
+        rates[chunk] = len(pixels) / max(seconds, 1e-9)
+    return rates
 
 
 def _timed(forward, x) -> float:

@@ -18,7 +18,8 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.batch import Batch
-from handlers.chunking import candidate_sizes, in_chunks, in_streams, pick_chunk, time_sizes
+from handlers.chunking import (candidate_sizes, in_chunks, in_streams, pick_chunk, stream_parts,
+                               time_sizes, time_stream_chunks)
 from handlers.checkpoint import assert_inference_ready, load_classifier, quantize_linear_int8
 from handlers.device import memory_stats, select_device, single_threaded_torch
 from handlers.errors import InputError
@@ -55,6 +56,8 @@ class ImageClassifier(BaseHandler):
         # images per forward pass; 0 = whole batch until warm-up times every size (CPU)
         self.chunk = min(self.settings.chunk_size or self.batch_size, self.batch_size)
         self.chunk_rates = None
+        self.stream_chunk = self.chunk  # images per pass of a stream; timed at warm-up like chunk
+        self.stream_chunk_rates = None
         self.requests_served = 0
         self.oom_splits = 0
         self._oom_lock = threading.Lock()  # streams may split at the same time
@@ -116,8 +119,19 @@ class ImageClassifier(BaseHandler):
             self.chunk = pick_chunk(self.chunk_rates)
             logger.info("chunk size %d; img/s by size: %s", self.chunk,
                         {n: round(r, 1) for n, r in self.chunk_rates.items()})
+            if self.streams and self.batch_size >= self.stream_count:
+                self._time_stream_chunks()
         self.warmup_ms = round((time.perf_counter() - start) * 1000)
         return True
+
+    def _time_stream_chunks(self) -> None:
+        """A full batch on the streams in chunks of each size up to an even share per stream."""
+        share = -(-self.batch_size // self.stream_count)
+        self.stream_chunk_rates = time_stream_chunks(self._forward_splitting_on_oom, self._zeros(self.batch_size),
+                                                     self.streams, self.stream_count, candidate_sizes(share))
+        self.stream_chunk = pick_chunk(self.stream_chunk_rates)
+        logger.info("stream chunk size %d (%d streams); img/s by size: %s", self.stream_chunk, self.stream_count,
+                    {n: round(r, 1) for n, r in self.stream_chunk_rates.items()})
 
     def _zeros(self, n: int) -> torch.Tensor:
         size = self.info.recipe.crop_size
@@ -178,7 +192,8 @@ class ImageClassifier(BaseHandler):
         if self.device.type == "cuda":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         if self.streams and len(pixels) >= self.stream_count:
-            logits = in_streams(self._chunked, pixels, self.streams, self.stream_count)
+            parts = stream_parts(len(pixels), self.stream_count, self.stream_chunk)
+            logits = in_streams(self._forward_splitting_on_oom, pixels, self.streams, parts)
         else:
             logits = self._chunked(pixels)
         self.last_inference_ms = round((time.perf_counter() - start) * 1000, 2)
@@ -252,6 +267,7 @@ class ImageClassifier(BaseHandler):
             "warmup_ms": self.warmup_ms,
             "chunk_size": self.chunk,
             "cpu_streams": self.stream_count if self.streams else None,
+            "stream_chunk_size": self.stream_chunk if self.streams else None,
             "torch_threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "int8_linear": self.settings.quantize_int8 and self.device.type == "cpu",
             "unsafe_source": self.info.unsafe_source,

@@ -8,14 +8,22 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from handlers.chunking import in_streams
+from handlers.chunking import in_streams, stream_parts, time_stream_chunks
 from handlers.device import single_threaded_torch
 from tests.conftest import labelled_photos
 from tests.handler_harness import load_handler, run_batch
 
 
-@pytest.mark.parametrize("n, streams, sizes", [(8, 2, [4, 4]), (5, 2, [3, 2]), (6, 3, [2, 2, 2])])
-def test_in_streams_splits_evenly_runs_on_the_pool_and_keeps_order(n, streams, sizes):
+@pytest.mark.parametrize("n, streams, chunk, parts", [
+    (8, 2, 4, 2), (8, 2, 2, 4), (8, 2, 3, 3), (8, 2, 1, 8), (8, 2, 8, 2),  # every stream gets work
+    (5, 2, 2, 3), (2, 2, 4, 2), (1, 2, 4, 1), (6, 3, 2, 3), (6, 4, 6, 4),
+])
+def test_stream_parts_are_chunks_at_most_chunk_and_at_least_one_per_stream(n, streams, chunk, parts):
+    assert stream_parts(n, streams, chunk) == parts
+
+
+@pytest.mark.parametrize("n, parts, sizes", [(8, 2, [4, 4]), (5, 2, [3, 2]), (6, 3, [2, 2, 2]), (8, 4, [2, 2, 2, 2])])
+def test_in_streams_splits_evenly_runs_on_the_pool_and_keeps_order(n, parts, sizes):
     seen = []
 
     def forward(x):
@@ -23,11 +31,25 @@ def test_in_streams_splits_evenly_runs_on_the_pool_and_keeps_order(n, streams, s
         return x * 2
 
     x = torch.arange(n, dtype=torch.float32).view(n, 1)
-    with ThreadPoolExecutor(streams, initializer=single_threaded_torch) as pool:
-        assert torch.equal(in_streams(forward, x, pool, streams), x * 2)
+    with ThreadPoolExecutor(2, initializer=single_threaded_torch) as pool:
+        assert torch.equal(in_streams(forward, x, pool, parts), x * 2)
     assert sorted(s for s, _, _ in seen) == sorted(sizes)
     assert threading.get_ident() not in {t for _, t, _ in seen}
     assert {k for _, _, k in seen} == {1}
+
+
+def test_time_stream_chunks_times_the_whole_batch_in_chunks_of_each_size():
+    seen = []
+
+    def forward(x):
+        seen.append(len(x))
+        return x
+
+    with ThreadPoolExecutor(2) as pool:
+        rates = time_stream_chunks(forward, torch.zeros(8, 1), pool, 2, [1, 2, 4], repeats=2)
+    assert list(rates) == [1, 2, 4] and all(r > 0 for r in rates.values())
+    # per size: one untimed run and two timed ones, each over all 8 images
+    assert seen == [1] * 24 + [2] * 12 + [4] * 6
 
 
 def _record_forward(handler, monkeypatch) -> list:
@@ -51,16 +73,21 @@ def two_handlers(default_checkpoint, tmp_path_factory):
     return streamed, single
 
 
-def test_a_full_batch_runs_as_one_single_threaded_stream_per_torch_thread(two_handlers, photos, monkeypatch):
+def test_a_full_batch_runs_on_one_single_threaded_stream_per_torch_thread(two_handlers, photos, monkeypatch):
     streamed, single = two_handlers
     threads = torch.get_num_threads()
     assert streamed.stream_count == threads and streamed.describe_handle()["cpu_streams"] == threads
     assert single.streams is None and single.describe_handle()["cpu_streams"] is None
+    # the stream chunk size was timed at warm-up, over sizes up to an even share per stream
+    rates = streamed.stream_chunk_rates
+    assert list(rates) == list(range(1, -(-8 // threads) + 1))
+    assert streamed.stream_chunk in rates and streamed.describe_handle()["stream_chunk_size"] == streamed.stream_chunk
     calls = _record_forward(streamed, monkeypatch)
     names = sorted(photos)[:8]
     run_batch(streamed, [{"body": photos[n]} for n in names])
-    assert sum(n for n, _, _ in calls) == len(names)
-    assert len({t for _, t, _ in calls}) == min(threads, len(names))  # one thread per stream
+    assert sorted(n for n, _, _ in calls) == sorted(
+        len(p) for p in torch.tensor_split(torch.zeros(8), stream_parts(8, threads, streamed.stream_chunk)))
+    assert len({t for _, t, _ in calls}) == threads  # every stream thread took a chunk
     assert threading.get_ident() not in {t for _, t, _ in calls}
     assert {k for _, _, k in calls} == {1}
 
@@ -97,4 +124,5 @@ def test_out_of_memory_in_a_stream_splits_that_share_and_answers_everything(two_
     answers = run_batch(streamed, [{"body": photos[n]} for n in names])
     for name, answer in zip(names, answers):
         assert answer.body[0]["label"] in labelled_photos()[name], (name, answer)
-    assert streamed.oom_splits == len(names) - streamed.stream_count  # each share of k images splits k - 1 times
+    parts = stream_parts(len(names), streamed.stream_count, streamed.stream_chunk)
+    assert streamed.oom_splits == len(names) - parts  # each chunk of k images splits k - 1 times
