@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -30,6 +31,8 @@ from build_mar import build, model_config  # noqa: E402
 from stock_archive import build_stock_mar  # noqa: E402
 
 from handlers.checkpoint import load_classifier  # noqa: E402
+from handlers.chunking import candidate_sizes, in_streams, stream_parts  # noqa: E402
+from handlers.device import single_threaded_torch  # noqa: E402
 from handlers.graph import freeze  # noqa: E402
 from handlers.imaging import decode_image, image_pixels, normalize, reference_pixels  # noqa: E402
 from tsctl.local_server import TorchServe  # noqa: E402
@@ -76,11 +79,12 @@ def make_images(photos: Path, out: Path) -> dict[str, list[Path]]:
     return sets
 
 
-def model_alone_setups(checkpoint: Path, threads: int) -> list[tuple[str, object, torch.Tensor, int]]:
+def model_alone_setups(checkpoint: Path, threads: int, stream_batch: int = 8) -> list[tuple[str, object, torch.Tensor, int]]:
     """(name, module, input, batch) for the bare model per graph, memory format and batch size.
 
-    Includes the frozen graph the handler serves on CPU, so "best" is the fastest way to
-    run this network here, not just the eager model the stock handler runs.
+    Includes the frozen graph the handler serves on CPU, and that graph on single-threaded
+    streams as the handler runs a full batch with several torch threads, so "best" is the
+    fastest way to run this network here, not just the eager model the stock handler runs.
     """
     torch.set_num_threads(threads)
     torch.jit.enable_onednn_fusion(True)  # as the handler runs frozen graphs on CPU
@@ -88,14 +92,40 @@ def model_alone_setups(checkpoint: Path, threads: int) -> list[tuple[str, object
     for graph, channels_last in (("eager", False), ("eager", True), ("frozen", True)):
         model, info = load_classifier(checkpoint, torch.device("cpu"), channels_last)
         for batch in (1, 2, 4, 8, 16):
-            with torch.inference_mode():
-                x = torch.randn(batch, 3, info.recipe.crop_size, info.recipe.crop_size)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+            x = _example(batch, info.recipe.crop_size, channels_last)
             run = freeze(model, [x]) if graph == "frozen" else model
             layout = "channels_last" if channels_last else "contiguous"
             setups.append((f"{graph} {layout} batch {batch}", run, x, batch))
+    if threads > 1:  # the streams the handler runs a batch on (handlers/chunking.py), unserved
+        model, info = load_classifier(checkpoint, torch.device("cpu"), True)
+        x = _example(stream_batch, info.recipe.crop_size, True)
+        frozen = freeze(model, [x])
+        pool = ThreadPoolExecutor(threads, initializer=single_threaded_torch)
+        for chunk in candidate_sizes(-(-stream_batch // threads)):
+            setups.append((f"frozen channels_last, {threads} streams x chunk {chunk} (batch {stream_batch})",
+                           Streams(frozen, pool, stream_parts(stream_batch, threads, chunk)), x, stream_batch))
     return setups
+
+
+def _example(batch: int, size: int, channels_last: bool) -> torch.Tensor:
+    with torch.inference_mode():
+        x = torch.randn(batch, 3, size, size)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class Streams:
+    """`module` over a batch in `parts` single-threaded passes on `pool`'s threads, as the
+    handler's CPU streams run it (inference mode is per thread, so each pass enters it)."""
+
+    def __init__(self, module, pool: ThreadPoolExecutor, parts: int):
+        self.module, self.pool, self.parts = module, pool, parts
+
+    def _pass(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return in_streams(self._pass, x, self.pool, self.parts)
 
 
 def model_alone(setups, seconds: float) -> dict[str, float]:
@@ -232,7 +262,7 @@ def main(argv=None) -> int:
 
     print("top-1 agreement with the float32 reference pipeline ...")
     agreement = accuracy(args.checkpoint, args.photos, image_sets)
-    setups = model_alone_setups(args.checkpoint, threads)
+    setups = model_alone_setups(args.checkpoint, threads, args.batch_size)
 
     server = TorchServe(args.out / "torchserve", store, ",".join(f"{m}.mar" for m in handlers.values()),
                         extra_config={"default_workers_per_model": args.workers})

@@ -84,3 +84,27 @@ def test_report_states_the_openmp_environment_of_the_model_alone_and_of_the_work
             in markdown(report))
     report["host"]["omp_env"] = {"OMP_WAIT_POLICY": "PASSIVE"}
     assert "the model alone with OMP_WAIT_POLICY=PASSIVE," in markdown(report)
+
+
+def test_model_alone_times_the_frozen_graph_on_streams_as_the_handler_runs_it(default_checkpoint):
+    """With 2 threads the bench also times the frozen graph on 2 single-threaded streams, one
+    setup per chunk size up to an even share of the batch; each computes the one-pass logits."""
+    import torch
+    from bench import model_alone_setups
+
+    before = torch.get_num_threads()
+    try:
+        setups = {name: (run, x, batch) for name, run, x, batch in model_alone_setups(default_checkpoint, 2, 8)}
+    finally:
+        torch.set_num_threads(before)
+    streamed = [name for name in setups if "streams" in name]
+    assert streamed == [f"frozen channels_last, 2 streams x chunk {c} (batch 8)" for c in (1, 2, 3, 4)]
+    run, x, batch = setups[streamed[1]]
+    assert batch == 8 and x.shape[0] == 8 and x.is_contiguous(memory_format=torch.channels_last)
+    one_pass, _, _ = setups["frozen channels_last batch 8"]
+    with torch.inference_mode():
+        expected = one_pass(x)
+    got = run(x)  # enters inference mode on each stream thread itself
+    assert got.shape == expected.shape == (8, 1000)
+    torch.testing.assert_close(got, expected, atol=1e-3 * float(expected.abs().max()), rtol=0)
+    assert run.parts == 4 and setups[streamed[0]][0].parts == 8 and setups[streamed[3]][0].parts == 2
