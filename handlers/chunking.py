@@ -38,14 +38,12 @@ def candidate_sizes(batch_size: int) -> list[int]:
     return sorted(sizes)
 
 
-def time_sizes(forward: Callable[[torch.Tensor], object], sizes, make_input, repeats: int = 2) -> dict[int, float]:
-    """images/s of `forward` at each size: best of `repeats` timed runs (after warm-up)."""
-    rates = {}
-    for n in sizes:
-        x = make_input(n)
-        seconds = min(_timed(forward, x) for _ in range(repeats))
-        rates[n] = n / max(seconds, 1e-9)
-    return rates
+def time_sizes(forward: Callable[[torch.Tensor], object], sizes, make_input, repeats: int = 3) -> dict[int, float]:
+    """images/s of `forward` at each size (after warm-up): the best of `repeats` rounds, each
+    timing every size once, so a slow spell of a shared host touches all sizes alike."""
+    inputs = {n: make_input(n) for n in sizes}
+    return _best_of_rounds({n: (lambda x=x: forward(x)) for n, x in inputs.items()},
+                           {n: n for n in inputs}, repeats)
 
 
 def in_chunks(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -70,19 +68,24 @@ def in_streams(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Te
 
 
 def time_stream_chunks(forward: Callable[[torch.Tensor], object], pixels: torch.Tensor, pool: Executor,
-                       streams: int, chunks, repeats: int = 2) -> dict[int, float]:
-    """images/s of the whole of `pixels` run on `pool` in chunks of each size in `chunks`:
-    best of `repeats` timed runs, after one untimed run (each thread's first pass at a shape)."""
-    rates = {}
+                       streams: int, chunks, repeats: int = 3) -> dict[int, float]:
+    """images/s of the whole of `pixels` run on `pool` in chunks of each size in `chunks`: one
+    untimed run per size (each thread's first pass at a shape), then the best of `repeats`
+    rounds, each timing every size once."""
+    runs = {}
     for chunk in chunks:
         parts = stream_parts(len(pixels), streams, chunk)
-        in_streams(forward, pixels, pool, parts)
-        seconds = min(_timed(lambda x: in_streams(forward, x, pool, parts), pixels) for _ in range(repeats))
-        rates[chunk] = len(pixels) / max(seconds, 1e-9)
-    return rates
+        runs[chunk] = lambda parts=parts: in_streams(forward, pixels, pool, parts)
+        runs[chunk]()
+    return _best_of_rounds(runs, {chunk: len(pixels) for chunk in runs}, repeats)
 
 
-def _timed(forward, x) -> float:
-    start = time.perf_counter()
-    forward(x)
-    return time.perf_counter() - start
+def _best_of_rounds(runs: dict, images: dict, repeats: int) -> dict:
+    """images/s per key: its fastest run over `repeats` rounds that run every key in turn."""
+    best = {key: float("inf") for key in runs}
+    for _ in range(repeats):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[key] = min(best[key], time.perf_counter() - start)
+    return {key: images[key] / max(seconds, 1e-9) for key, seconds in best.items()}

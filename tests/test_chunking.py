@@ -37,9 +37,16 @@ def test_candidate_sizes_cover_small_batches_fully_and_large_ones_by_powers_of_t
     assert candidate_sizes(64) == [1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64]
 
 
-def test_time_sizes_reports_images_per_second_for_each_size():
-    rates = time_sizes(lambda x: x.sum(), range(1, 4), lambda n: torch.ones(n, 10))
+def test_time_sizes_reports_images_per_second_for_each_size_timed_in_interleaved_rounds():
+    seen = []
+
+    def forward(x):
+        seen.append(len(x))
+        return x.sum()
+
+    rates = time_sizes(forward, range(1, 4), lambda n: torch.ones(n, 10), repeats=2)
     assert sorted(rates) == [1, 2, 3] and all(r > 0 for r in rates.values())
+    assert seen == [1, 2, 3, 1, 2, 3]
 
 
 def test_negative_chunk_size_is_refused():
