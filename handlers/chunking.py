@@ -42,8 +42,8 @@ def time_sizes(forward: Callable[[torch.Tensor], object], sizes, make_input, rep
     """images/s of `forward` at each size (after warm-up): the best of `repeats` rounds, each
     timing every size once, so a slow spell of a shared host touches all sizes alike."""
     inputs = {n: make_input(n) for n in sizes}
-    return _best_of_rounds({n: (lambda x=x: forward(x)) for n, x in inputs.items()},
-                           {n: n for n in inputs}, repeats)
+    seconds = _best_of_rounds({n: (lambda x=x: forward(x)) for n, x in inputs.items()}, repeats)
+    return {n: n / s for n, s in seconds.items()}
 
 
 def in_chunks(forward: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -77,15 +77,15 @@ def time_stream_chunks(forward: Callable[[torch.Tensor], object], pixels: torch.
         parts = stream_parts(len(pixels), streams, chunk)
         runs[chunk] = lambda parts=parts: in_streams(forward, pixels, pool, parts)
         runs[chunk]()
-    return _best_of_rounds(runs, {chunk: len(pixels) for chunk in runs}, repeats)
+    return {chunk: len(pixels) / s for chunk, s in _best_of_rounds(runs, repeats).items()}
 
 
-def _best_of_rounds(runs: dict, images: dict, repeats: int) -> dict:
-    """images/s per key: its fastest run over `repeats` rounds that run every key in turn."""
+def _best_of_rounds(runs: dict, repeats: int) -> dict:
+    """Seconds per key: its fastest run over `repeats` rounds that run every key in turn."""
     best = {key: float("inf") for key in runs}
     for _ in range(repeats):
         for key, run in runs.items():
             start = time.perf_counter()
             run()
             best[key] = min(best[key], time.perf_counter() - start)
-    return {key: images[key] / max(seconds, 1e-9) for key, seconds in best.items()}
+    return {key: max(seconds, 1e-9) for key, seconds in best.items()}
