@@ -23,9 +23,10 @@ from handlers.chunking import (candidate_sizes, in_chunks, in_streams, pick_chun
 from handlers.checkpoint import assert_inference_ready, load_classifier, quantize_linear_int8
 from handlers.device import memory_stats, select_device, single_threaded_torch
 from handlers.errors import InputError
-from handlers.graph import Graph, build_graph, example_inputs, resolve_mode, verification_sizes
+from handlers.graph import Graph, build_graph, check_same, example_inputs, resolve_mode, verification_sizes
 from handlers.imaging import image_pixels, normalize
 from handlers.metrics import HandlerMetrics
+from handlers.padding import make_static
 from handlers.payload import extract_payload, parse_topk
 from handlers.predictions import top_k
 from handlers.settings import Settings
@@ -48,6 +49,7 @@ class ImageClassifier(BaseHandler):
         if self.settings.quantize_int8 and self.device.type == "cpu":
             self.model = quantize_linear_int8(self.model)
         assert_inference_ready(self.model)
+        self.static_padding = self._make_padding_static()
         self.autocast, self.autocast_dtype = self.settings.autocast_for(self.device)
         self.batch_size = int(props.get("batch_size") or 1)
         eager = self.model
@@ -78,6 +80,19 @@ class ImageClassifier(BaseHandler):
         del eager  # the frozen/compiled graph holds its own weights
         self.initialized = True
         logger.info("ready: %s v%s on %s", self.info.architecture, self.info.version, self.device)
+
+    def _make_padding_static(self) -> int:
+        """CPU: convolutions padded at run time get their padding baked in (handlers/padding.py)."""
+        if self.device.type != "cpu" or not self.settings.cpu_static_padding:
+            return 0
+        try:
+            count = make_static(self.model, self.info.recipe.crop_size, lambda a, b: check_same(a, b, "static padding"))
+        except Exception as exc:  # the model keeps its own padding
+            logger.warning("static padding refused: %s", exc)
+            return 0
+        if count:
+            logger.info("static padding: %d convolutions", count)
+        return count
 
     def _build_graph(self):
         mode = resolve_mode(self.settings.graph, self.device, self.autocast)
@@ -268,6 +283,7 @@ class ImageClassifier(BaseHandler):
             "chunk_size": self.chunk,
             "cpu_streams": self.stream_count if self.streams else None,
             "stream_chunk_size": self.stream_chunk if self.streams else None,
+            "static_padding_convs": self.static_padding,
             "torch_threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "int8_linear": self.settings.quantize_int8 and self.device.type == "cpu",
             "unsafe_source": self.info.unsafe_source,

@@ -27,6 +27,7 @@ class Settings:
     graph: str = "auto"  # auto (frozen on CPU, eager on CUDA), eager, freeze, compile
     chunk_size: int = 0  # images per forward pass; 0: CPU picks the fastest size at warm-up, CUDA the whole batch
     cpu_streams: bool = True  # CPU: a batch of >= 1 image per torch thread runs as single-threaded streams
+    cpu_static_padding: bool = True  # CPU: timm's TF-'SAME' convolutions padded statically (handlers/padding.py)
     onednn_fusion: bool = True  # CPU, frozen graphs: oneDNN Graph fusion (TorchScript's LLGA)
     quantize_int8: bool = False  # CPU only: dynamic int8 quantization of nn.Linear layers
 

@@ -33,8 +33,9 @@ from stock_archive import build_stock_mar  # noqa: E402
 from handlers.checkpoint import load_classifier  # noqa: E402
 from handlers.chunking import candidate_sizes, in_streams, stream_parts  # noqa: E402
 from handlers.device import single_threaded_torch  # noqa: E402
-from handlers.graph import freeze  # noqa: E402
+from handlers.graph import check_same, freeze  # noqa: E402
 from handlers.imaging import decode_image, image_pixels, normalize, reference_pixels  # noqa: E402
+from handlers.padding import make_static  # noqa: E402
 from tsctl.local_server import TorchServe  # noqa: E402
 
 SIZES = {"500x375": (500, 375), "12MP": (4000, 3000)}
@@ -82,7 +83,8 @@ def make_images(photos: Path, out: Path) -> dict[str, list[Path]]:
 def model_alone_setups(checkpoint: Path, threads: int, stream_batch: int = 8) -> list[tuple[str, object, torch.Tensor, int]]:
     """(name, module, input, batch) for the bare model per graph, memory format and batch size.
 
-    Includes the frozen graph the handler serves on CPU, and that graph on single-threaded
+    Includes the frozen graph the handler serves on CPU (its padding made static as the
+    handler does: handlers/padding.py), and that graph on single-threaded
     streams as the handler runs a full batch with several torch threads, so "best" is the
     fastest way to run this network here, not just the eager model the stock handler runs.
     """
@@ -90,14 +92,14 @@ def model_alone_setups(checkpoint: Path, threads: int, stream_batch: int = 8) ->
     torch.jit.enable_onednn_fusion(True)  # as the handler runs frozen graphs on CPU
     setups = []
     for graph, channels_last in (("eager", False), ("eager", True), ("frozen", True)):
-        model, info = load_classifier(checkpoint, torch.device("cpu"), channels_last)
+        model, info = _load(checkpoint, channels_last, static_padding=graph == "frozen")
         for batch in (1, 2, 4, 8, 16):
             x = _example(batch, info.recipe.crop_size, channels_last)
             run = freeze(model, [x]) if graph == "frozen" else model
             layout = "channels_last" if channels_last else "contiguous"
             setups.append((f"{graph} {layout} batch {batch}", run, x, batch))
     if threads > 1:  # the streams the handler runs a batch on (handlers/chunking.py), unserved
-        model, info = load_classifier(checkpoint, torch.device("cpu"), True)
+        model, info = _load(checkpoint, True, static_padding=True)
         x = _example(stream_batch, info.recipe.crop_size, True)
         frozen = freeze(model, [x])
         pool = ThreadPoolExecutor(threads, initializer=single_threaded_torch)
@@ -105,6 +107,14 @@ def model_alone_setups(checkpoint: Path, threads: int, stream_batch: int = 8) ->
             setups.append((f"frozen channels_last, {threads} streams x chunk {chunk} (batch {stream_batch})",
                            Streams(frozen, pool, stream_parts(stream_batch, threads, chunk)), x, stream_batch))
     return setups
+
+
+def _load(checkpoint: Path, channels_last: bool, static_padding: bool):
+    """The network; with `static_padding`, as the handler serves it on CPU (handlers/padding.py)."""
+    model, info = load_classifier(checkpoint, torch.device("cpu"), channels_last)
+    if static_padding:
+        make_static(model, info.recipe.crop_size, lambda a, b: check_same(a, b, "static padding"))
+    return model, info
 
 
 def _example(batch: int, size: int, channels_last: bool) -> torch.Tensor:

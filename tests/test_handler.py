@@ -123,6 +123,7 @@ def test_describe_reports_health(handler, photos):
     assert health["device"] == "cpu" and health["eval_mode_verified"] and health["warmed_up"]
     assert health["requests_served"] == served + 1  # answered requests; the bad one is not counted
     assert health["torch_threads"] == torch.get_num_threads()
+    assert health["static_padding_convs"] == 5  # tf_efficientnet_lite0: the stem and 4 strided depthwise convs
 
 
 def test_cpu_threads_setting_sets_torchs_thread_count(default_checkpoint, tmp_path):
