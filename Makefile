@@ -11,8 +11,10 @@ DEFAULT_MAR := model_store/efficientnet_lite0.mar
 SAMPLE ?= $(firstword $(wildcard ../shared/images/kitten.jpg) samples/kitten.jpg)
 TSCTL := $(PY) -m tsctl.cli --key-file key_file.json
 PYTEST_ARGS ?=
-# CPU-only hosts: workers per model; each gets cores/CPU_WORKERS torch threads (README "Workers and threads").
+# CPU-only hosts: workers per model; each gets cores/CPU_WORKERS torch threads, or CPU_THREADS
+# when set (README "Workers and threads").
 CPU_WORKERS ?= 1
+CPU_THREADS ?=
 # A worker's OpenMP threads spin this long (libgomp busy-wait iterations: a fraction of a
 # millisecond) between the forward pass's operators before they sleep. OMP_WAIT_POLICY=PASSIVE
 # (no spinning) made the model alone 10-45% slower here; libgomp's default (300000) spins 30
@@ -56,7 +58,8 @@ serve: install java $(DEFAULT_MAR)
 	  cfg=config.properties; threads=; \
 	  if ! nvidia-smi -L >/dev/null 2>&1; then \
 	    case "$(CPU_WORKERS)" in ''|*[!0-9]*|0) echo "CPU_WORKERS must be a positive integer (got '$(CPU_WORKERS)')."; exit 2;; esac; \
-	    cores=$$(nproc); threads=$$(( cores / $(CPU_WORKERS) > 0 ? cores / $(CPU_WORKERS) : 1 )); \
+	    case "$(CPU_THREADS)" in ''|[1-9]|[1-9][0-9]|[1-9][0-9][0-9]) ;; *) echo "CPU_THREADS must be a positive integer (got '$(CPU_THREADS)')."; exit 2;; esac; \
+	    cores=$$(nproc); threads=$(CPU_THREADS); threads=$${threads:-$$(( cores / $(CPU_WORKERS) > 0 ? cores / $(CPU_WORKERS) : 1 ))}; \
 	    cfg=build/config.cpu.properties; { cat config.properties; echo default_workers_per_model=$(CPU_WORKERS); } > $$cfg; \
 	    echo "No GPU found: $(CPU_WORKERS) worker(s), $$threads torch thread(s) each, on $$cores cores ($$cfg)."; fi; \
 	  env $(SERVE_OMP_ENV) $${threads:+OMP_NUM_THREADS=$$threads} $(VENV)/bin/torchserve --start --ncs --ts-config $$cfg \

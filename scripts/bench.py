@@ -234,6 +234,8 @@ def main(argv=None) -> int:
     parser.add_argument("--handlers", default=",".join(HANDLERS), help=f"handlers to run, of {list(HANDLERS)}")
     parser.add_argument("--scaled-workers", type=int, default=os.cpu_count() or 1,
                         help="workers of ours_scaled, each with cores/N torch threads (default: one per core)")
+    parser.add_argument("--scaled-threads", type=int, default=0,
+                        help="torch threads of each ours_scaled worker (default 0: cores / --scaled-workers)")
     parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME:KEY=VALUE[,...]",
                         help="also run this handler with these model-config.yaml overrides, registered as NAME in the "
                              "same rounds (repeatable), e.g. threads1:handler.cpu_threads=1")
@@ -262,7 +264,7 @@ def main(argv=None) -> int:
                                                          f"handler.cpu_threads={cpu_threads}", *overrides])
 
     build(args.checkpoint, HANDLERS["ours"], "1.0", store, config(args.cpu_threads))
-    scaled_threads = max(1, (os.cpu_count() or 1) // args.scaled_workers)
+    scaled_threads = args.scaled_threads or max(1, (os.cpu_count() or 1) // args.scaled_workers)
     if "ours_scaled" in handlers:
         build(args.checkpoint, HANDLERS["ours_scaled"], "1.0", store, config(scaled_threads))
     build_stock_mar(args.checkpoint, HANDLERS["stock"], store, args.batch_size, args.max_batch_delay)

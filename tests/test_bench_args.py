@@ -59,7 +59,7 @@ def test_report_mentions_ours_scaled_only_when_it_ran():
     report = _report([{**RUN, "handler": "ours"}], scaled_workers=2, scaled_threads=1)
     assert "ours_scaled" not in markdown(report)
     report["runs"].append({**RUN, "handler": "ours_scaled"})
-    assert "ours_scaled: this handler again, 2 workers x 1 torch thread" in markdown(report)
+    assert "ours_scaled: this handler again, 2 workers x 1 torch threads (`make serve CPU_WORKERS=2 CPU_THREADS=1`)" in markdown(report)
 
 
 def test_two_variants_with_one_name_are_refused():
