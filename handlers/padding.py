@@ -21,13 +21,9 @@ the default model) before keeping them.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 try:
     from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
@@ -104,7 +100,7 @@ def _input_sizes(model: nn.Module, size: int) -> dict[str, tuple[nn.Conv2d, tupl
     finally:
         for hook in hooks:
             hook.remove()
-    return {name: (m, hw) for name, (m, hw) in found.items()}
+    return found
 
 
 def _example(model: nn.Module, size: int) -> torch.Tensor:
