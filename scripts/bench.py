@@ -98,6 +98,10 @@ def model_alone_setups(checkpoint: Path, threads: int, stream_batch: int = 8) ->
             run = freeze(model, [x]) if graph == "frozen" else model
             layout = "channels_last" if channels_last else "contiguous"
             setups.append((f"{graph} {layout} batch {batch}", run, x, batch))
+    # what static padding buys: the frozen graph with the model's own run-time padding
+    model, info = _load(checkpoint, True, static_padding=False)
+    x = _example(4, info.recipe.crop_size, True)
+    setups.append(("frozen channels_last batch 4, run-time padding", freeze(model, [x]), x, 4))
     if threads > 1:  # the streams the handler runs a batch on (handlers/chunking.py), unserved
         model, info = _load(checkpoint, True, static_padding=True)
         x = _example(stream_batch, info.recipe.crop_size, True)

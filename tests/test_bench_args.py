@@ -108,3 +108,10 @@ def test_model_alone_times_the_frozen_graph_on_streams_as_the_handler_runs_it(de
     assert got.shape == expected.shape == (8, 1000)
     torch.testing.assert_close(got, expected, atol=1e-3 * float(expected.abs().max()), rtol=0)
     assert run.parts == 4 and setups[streamed[0]][0].parts == 8 and setups[streamed[3]][0].parts == 2
+    # the frozen graph with the model's own padding, beside it: same logits, padded at run time
+    dynamic, x4, _ = setups["frozen channels_last batch 4, run-time padding"]
+    static, _, _ = setups["frozen channels_last batch 4"]
+    with torch.inference_mode():
+        torch.testing.assert_close(dynamic(x4), static(x4), atol=1e-4, rtol=0)
+    assert "aten::pad" in {n.kind() for n in dynamic.graph.nodes()}
+    assert "aten::pad" not in {n.kind() for n in static.graph.nodes()}
