@@ -21,7 +21,7 @@ CPU_THREADS ?=
 # times longer, on cores that other workers may need (docs/PERFORMANCE.md, "OpenMP spinning").
 SERVE_OMP_ENV ?= GOMP_SPINCOUNT=10000
 
-.PHONY: serve stop mar test bench install java clean
+.PHONY: serve stop mar test bench install java wrk clean
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,17 @@ java:
 	  echo "TorchServe needs Java 17 or newer (found: $${v:-none})."; \
 	  echo "Install it, e.g. on Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless"; \
 	  exit 1; fi
+
+# The bench's load generator (https://github.com/wg/wrk): installed with apt-get when this is
+# root on Debian/Ubuntu (as on a fresh CI-like machine), otherwise named for you to install.
+wrk:
+	@command -v wrk >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing wrk (make bench's load generator) with apt-get."; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; } || \
+	  { echo "apt-get could not install wrk."; exit 1; }; \
+	else echo "make bench needs wrk (Debian/Ubuntu: sudo apt-get install -y wrk; macOS: brew install wrk)."; exit 1; fi
 
 $(DEFAULT_CKPT): | install
 	$(PY) scripts/build_default_checkpoint.py --output $@
@@ -78,8 +89,7 @@ serve: install java $(DEFAULT_MAR)
 # Side-by-side load test: this handler vs TorchServe's stock image_classifier vs the model alone.
 # Writes bench_results/results.md, results.json and latency_throughput.png. BENCH_ARGS=--help lists options.
 BENCH_ARGS ?=
-bench: install java $(DEFAULT_CKPT)
-	@command -v wrk >/dev/null || { echo "make bench needs wrk (Debian/Ubuntu: sudo apt-get install -y wrk)"; exit 1; }
+bench: install java wrk $(DEFAULT_CKPT)
 	$(PY) scripts/bench.py $(addprefix --server-env ,$(SERVE_OMP_ENV)) $(BENCH_ARGS)
 
 stop:

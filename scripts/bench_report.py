@@ -28,18 +28,20 @@ def targets(report) -> list[tuple[str, float, str, bool]]:
     out.append(("12 MP JPEGs: throughput vs stock handler", big, ">= 5x", big >= 5))
     small = _best(report, "500x375", "ours") / _best(report, "500x375", "stock")
     out.append(("500x375 JPEGs: throughput vs stock handler", small, ">= 2x", small >= 2))
-    vs_alone = _best(report, "500x375", "ours") / alone
-    out.append(("500x375 JPEGs: throughput vs model alone (best graph, format, batch or streams)", vs_alone, ">= 0.75x", vs_alone >= 0.75))
     eager = [v for k, v in report["model_alone_img_s"].items() if k.startswith("eager")]
-    if eager:  # the same target against the eager model (what the stock handler runs)
+    if eager:  # the issue's yardstick: the model as the stock handler runs it, at its best format and batch
         vs_eager = _best(report, "500x375", "ours") / max(eager)
-        out.append(("500x375 JPEGs: throughput vs eager model alone (best format and batch)", vs_eager, ">= 0.75x",
-                    vs_eager >= 0.75))
+        out.append(("500x375 JPEGs: throughput vs model alone (eager, best memory format and batch)", vs_eager,
+                    ">= 0.75x", vs_eager >= 0.75))
+    # Stricter than the issue asks: the model as this handler runs it (frozen, fused, static padding, streams).
+    vs_alone = _best(report, "500x375", "ours") / alone
+    out.append(("stricter: 500x375 JPEGs vs the fastest model alone timed (graph, format, batch or streams)",
+                vs_alone, ">= 0.75x", vs_alone >= 0.75))
     if _ran(report, "ours_scaled"):  # the CPU-host rule: several workers (make serve CPU_WORKERS, CPU_THREADS)
         s = report["settings"]
         scaled = _best(report, "500x375", "ours_scaled") / alone
-        out.append((f"500x375 JPEGs, {s['scaled_workers']} workers x {s['scaled_threads']} threads: throughput vs model alone "
-                    "(best graph, format, batch or streams)", scaled, ">= 0.75x", scaled >= 0.75))
+        out.append((f"stricter: 500x375 JPEGs, {s['scaled_workers']} workers x {s['scaled_threads']} threads, vs the "
+                    "fastest model alone timed", scaled, ">= 0.75x", scaled >= 0.75))
     for size in ("500x375", "12MP"):
         p99 = _run(report, size, "ours", conc)["p99_ms"] / _run(report, size, "stock", conc)["p99_ms"]
         out.append((f"{size}: p99 latency at {conc} clients vs stock", p99, "<= 0.5x", p99 <= 0.5))

@@ -62,6 +62,35 @@ def test_report_mentions_ours_scaled_only_when_it_ran():
     assert "ours_scaled: this handler again, 2 workers x 1 torch threads (`make serve CPU_WORKERS=2 CPU_THREADS=1`)" in markdown(report)
 
 
+def test_targets_judge_the_issue_yardstick_and_the_stricter_one_apart():
+    """Ratios from the best run of each handler; the issue's 0.75x is against the eager model
+    at its best format and batch, the stricter rows against the fastest setup timed."""
+    from bench_report import targets
+
+    def run(size, handler, conc, rps, p99):
+        return {"size": size, "handler": handler, "concurrency": conc, "throughput": rps,
+                "p50_ms": p99 / 2, "p90_ms": p99 / 1.5, "p99_ms": p99, "errors": 0}
+
+    runs = [run("500x375", "ours", 8, 80.0, 100), run("500x375", "ours", 16, 90.0, 200),
+            run("500x375", "stock", 8, 30.0, 400), run("500x375", "stock", 16, 29.0, 800),
+            run("500x375", "ours_scaled", 8, 110.0, 90), run("500x375", "ours_scaled", 16, 100.0, 180),
+            run("12MP", "ours", 8, 40.0, 300), run("12MP", "ours", 16, 44.0, 500),
+            run("12MP", "stock", 8, 10.0, 500), run("12MP", "stock", 16, 9.0, 900)]
+    report = _report(runs, scaled_workers=2, scaled_threads=2)
+    report["model_alone_img_s"] = {"eager channels_last batch 4": 100.0, "eager contiguous batch 8": 40.0,
+                                   "frozen channels_last, 2 streams x chunk 4 (batch 8)": 150.0}
+    got = {what: (round(ratio, 3), met) for what, ratio, _goal, met in targets(report)}
+    assert got == {
+        "12 MP JPEGs: throughput vs stock handler": (4.4, False),
+        "500x375 JPEGs: throughput vs stock handler": (3.0, True),
+        "500x375 JPEGs: throughput vs model alone (eager, best memory format and batch)": (0.9, True),
+        "stricter: 500x375 JPEGs vs the fastest model alone timed (graph, format, batch or streams)": (0.6, False),
+        "stricter: 500x375 JPEGs, 2 workers x 2 threads, vs the fastest model alone timed": (0.733, False),
+        "500x375: p99 latency at 8 clients vs stock": (0.25, True),
+        "12MP: p99 latency at 8 clients vs stock": (0.6, False),
+    }
+
+
 def test_two_variants_with_one_name_are_refused():
     from bench import main
 
