@@ -23,7 +23,7 @@ from handlers.chunking import (candidate_sizes, in_chunks, in_streams, pick_chun
 from handlers.checkpoint import assert_inference_ready, load_classifier, quantize_linear_int8
 from handlers.device import memory_stats, select_device, single_threaded_torch
 from handlers.errors import InputError
-from handlers.graph import Graph, build_graph, check_same, example_inputs, resolve_mode, verification_sizes
+from handlers.graph import Graph, build_graph, example_inputs, resolve_mode, verification_sizes
 from handlers.imaging import image_pixels, normalize
 from handlers.metrics import HandlerMetrics
 from handlers.padding import make_static
@@ -86,7 +86,7 @@ class ImageClassifier(BaseHandler):
         if self.device.type != "cpu" or not self.settings.cpu_static_padding:
             return 0
         try:
-            count = make_static(self.model, self.info.recipe.crop_size, lambda a, b: check_same(a, b, "static padding"))
+            count = make_static(self.model, self.info.recipe.crop_size)
         except Exception as exc:  # the model keeps its own padding
             logger.warning("static padding refused: %s", exc)
             return 0

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from handlers.graph import check_same
+
 try:
     from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
     from timm.layers.padding import get_same_padding
@@ -34,10 +36,11 @@ except ImportError:  # without timm no module pads this way
     SAME_CONVS = ()
 
 
-def make_static(model: nn.Module, size: int, check) -> int:
+def make_static(model: nn.Module, size: int, check=None) -> int:
     """Swap `model`'s dynamic-SAME convolutions for static ones at input size x size, in place.
 
-    `check(expected, actual)` raises if the logits moved; the swap is then undone and re-raised.
+    `check(expected, actual)` (default: handlers.graph.check_same, as for the frozen graph)
+    raises if the logits moved; the swap is then undone and re-raised.
     Returns how many convolutions were swapped (0 for models without such layers).
     """
     if not SAME_CONVS or isinstance(model, torch.jit.ScriptModule):
@@ -50,6 +53,7 @@ def make_static(model: nn.Module, size: int, check) -> int:
             swaps.append((name, conv, static))
     if not swaps:
         return 0
+    check = check or (lambda expected, actual: check_same(expected, actual, "static padding"))
     x = _example(model, size)
     with torch.inference_mode():
         expected = model(x)

@@ -33,7 +33,7 @@ from stock_archive import build_stock_mar  # noqa: E402
 from handlers.checkpoint import load_classifier  # noqa: E402
 from handlers.chunking import candidate_sizes, in_streams, stream_parts  # noqa: E402
 from handlers.device import single_threaded_torch  # noqa: E402
-from handlers.graph import check_same, freeze  # noqa: E402
+from handlers.graph import freeze  # noqa: E402
 from handlers.imaging import decode_image, image_pixels, normalize, reference_pixels  # noqa: E402
 from handlers.padding import make_static  # noqa: E402
 from tsctl.local_server import TorchServe  # noqa: E402
@@ -117,7 +117,7 @@ def _load(checkpoint: Path, channels_last: bool, static_padding: bool):
     """The network; with `static_padding`, as the handler serves it on CPU (handlers/padding.py)."""
     model, info = load_classifier(checkpoint, torch.device("cpu"), channels_last)
     if static_padding:
-        make_static(model, info.recipe.crop_size, lambda a, b: check_same(a, b, "static padding"))
+        make_static(model, info.recipe.crop_size)
     return model, info
 
 
