@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+MAX_REASON_CHARS = 200
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
+
 
 class InputError(Exception):
     """A request the client can fix; carries its HTTP code and a short type name."""
@@ -13,8 +18,23 @@ class InputError(Exception):
         self.message = message
 
     def to_body(self) -> dict:
-        """The JSON body answered to the client."""
+        """The JSON body answered to the client: the full message, any Unicode in it kept."""
         return {"code": self.code, "type": self.type, "message": self.message}
+
+    def reason(self) -> str:
+        """The HTTP reason phrase handed to TorchServe: printable ASCII only, one line, bounded.
+
+        TorchServe 0.12's worker protocol frames the phrase by its length in characters but
+        writes it in UTF-8, so one non-ASCII character corrupts the frame and the frontend drops
+        the worker with its whole batch; Netty also refuses CR/LF in a reason phrase."""
+        return ascii_reason(self.message)
+
+
+def ascii_reason(text: str) -> str:
+    """Any text -> printable ASCII (non-ASCII as backslash escapes), at most MAX_REASON_CHARS."""
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    phrase = _NOT_PRINTABLE_ASCII.sub(" ", escaped)
+    return phrase if len(phrase) <= MAX_REASON_CHARS else phrase[: MAX_REASON_CHARS - 3] + "..."
 
 
 def bad_request(type_: str, message: str) -> InputError:

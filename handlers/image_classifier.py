@@ -257,7 +257,7 @@ class ImageClassifier(BaseHandler):
         for idx, answer in enumerate(batch.answers):
             self._set_content_type(idx)
             if isinstance(answer, InputError):
-                self.context.set_response_status(answer.code, answer.message, idx)
+                self.context.set_response_status(answer.code, answer.reason(), idx)
                 answer = answer.to_body()
             out.append(answer)
         return out

@@ -16,6 +16,7 @@ BODY_KEYS = ("data", "body", "image", "file", "img")
 JSON_IMAGE_FIELDS = ("image", "data", "b64", "image_base64", "instances")
 _DATA_URI = re.compile(rb"^data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _B64_TEXT = re.compile(rb"^[A-Za-z0-9+/_\-\r\n]+={0,2}\s*$")  # line breaks allowed, spaces not
+_ASCII_INT = re.compile(r"^[ \t]*\+?[0-9]{1,9}[ \t]*$")
 
 
 @dataclass
@@ -134,9 +135,11 @@ def parse_topk(value, default: int, maximum: int) -> int:
     """A client's top-k (int or numeric string) checked against 1..maximum."""
     if value is None or value == "":
         return default
-    try:
-        k = int(str(value).strip()) if not isinstance(value, bool) else None
-    except ValueError:
+    if isinstance(value, int) and not isinstance(value, bool):
+        k = value
+    elif isinstance(value, str) and _ASCII_INT.match(value):  # int() would also take "３" or "٣"
+        k = int(value)
+    else:
         k = None
     if k is None or not 1 <= k <= maximum:
         raise bad_request("bad_topk", f"topk must be an integer from 1 to {maximum}, got {value!r}.")

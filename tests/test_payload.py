@@ -67,7 +67,7 @@ def test_parse_topk(value, expected):
     assert parse_topk(value, 5, 10) == expected
 
 
-@pytest.mark.parametrize("value", [0, 11, "-1", "three", 2.5, True])
+@pytest.mark.parametrize("value", [0, 11, "-1", "three", 2.5, True, "\uff13", "\u0663", "3\u00a0", "1e1"])
 def test_parse_topk_out_of_range(value):
     with pytest.raises(InputError) as err:
         parse_topk(value, 5, 10)
