@@ -1,35 +1,29 @@
-"""The handler's settings: the `handler:` section of the archive's model-config.yaml."""
+"""The handler's settings: the `handler:` section of the archive's model-config.yaml (README, "Configuration")."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
-import torch
+from .model.engine import PRECISIONS, EngineOptions
+from .model.graph import MODES
 
-from .graph import MODES
+# Optimisations that `disable` can turn off, to compare or to work around a problem; each one
+# is on by default because it measured faster at the same answers (docs/PERFORMANCE.md).
+OPTIMIZATIONS = ("jpeg_draft", "torchcodec", "channels_last", "static_padding", "onednn_fusion", "cpu_streams")
 
 
 @dataclass(frozen=True)
 class Settings:
     topk: int = 5  # labels answered per image unless the request asks otherwise
     max_topk: int = 100
-    autocast_cuda: bool = True  # float16 autocast on CUDA
-    autocast_cpu: bool = False  # bfloat16 autocast on CPU (slower than float32 on most CPUs)
-    cuda_dtype: str = "float16"
     max_image_pixels: int = 50_000_000  # checked from the header, before decoding
     max_body_bytes: int = 24 * 1024 * 1024  # image bytes; TorchServe's max_request_size: 4/3 of this + 1 MiB
-    jpeg_draft: bool = True  # decode large JPEGs by DCT scaling to just above the resize size
-    jpeg_torchcodec: bool = True  # other JPEGs: TorchCodec decodes into a tensor (Pillow's pixels, faster)
-    channels_last: bool = True
-    cpu_threads: int = 0  # torch intra-op threads per worker on CPU; 0 = torch's default (OMP_NUM_THREADS or all cores)
-    decode_threads: int = 0  # images of a batch decoded in parallel; 0 = one thread per core
-    warmup: bool = True
-    graph: str = "auto"  # auto (frozen on CPU, eager on CUDA), eager, freeze, compile
-    chunk_size: int = 0  # images per forward pass; 0: CPU picks the fastest size at warm-up, CUDA the whole batch
-    cpu_streams: bool = True  # CPU: a batch of >= 1 image per torch thread runs as single-threaded streams
-    cpu_static_padding: bool = True  # CPU: timm's TF-'SAME' convolutions padded statically (handlers/padding.py)
-    onednn_fusion: bool = True  # CPU, frozen graphs: oneDNN Graph fusion (TorchScript's LLGA)
+    precision: str = "auto"  # auto (float16 autocast on CUDA, float32 on CPU), float32, float16, bfloat16
+    graph: str = "auto"  # auto (frozen on CPU in float32, eager otherwise), eager, freeze, compile
+    cpu_threads: int = 0  # torch threads per CPU worker; 0 = OMP_NUM_THREADS if set, else one per core
+    decode_threads: int = 0  # images of a batch decoded at once; 0 = one per torch thread of the worker
     quantize_int8: bool = False  # CPU only: dynamic int8 quantization of nn.Linear layers
+    disable: tuple = field(default_factory=tuple)  # diagnostics: names from OPTIMIZATIONS to turn off
 
     @classmethod
     def from_model_yaml(cls, model_yaml_config: dict | None) -> "Settings":
@@ -41,23 +35,38 @@ class Settings:
             raise ValueError(f"unknown handler settings in model-config.yaml: {unknown}; known: {sorted(known)}")
         values = {}
         for name, value in section.items():
+            if name == "disable":
+                values[name] = _optimizations(value)
+                continue
             kind = type(known[name].default)
             if kind is bool and not isinstance(value, bool):
                 raise ValueError(f"handler setting {name} must be true or false, got {value!r}")
             values[name] = kind(value)
         settings = cls(**values)
-        if settings.cuda_dtype not in ("float16", "bfloat16"):
-            raise ValueError(f"handler setting cuda_dtype must be float16 or bfloat16, got {settings.cuda_dtype!r}")
+        if settings.precision not in PRECISIONS:
+            raise ValueError(f"handler setting precision must be one of {PRECISIONS}, got {settings.precision!r}")
         if settings.graph not in MODES:
             raise ValueError(f"handler setting graph must be one of {MODES}, got {settings.graph!r}")
-        if settings.chunk_size < 0:
-            raise ValueError(f"handler setting chunk_size must be >= 0 (0: tuned at warm-up), got {settings.chunk_size}")
+        if settings.cpu_threads < 0 or settings.decode_threads < 0:
+            raise ValueError("handler settings cpu_threads and decode_threads must be >= 0 (0: the default)")
         if not 1 <= settings.topk <= settings.max_topk:
             raise ValueError(f"handler setting topk must be in 1..max_topk ({settings.max_topk})")
         return settings
 
-    def autocast_for(self, device: torch.device) -> tuple[bool, torch.dtype]:
-        """(enabled, dtype) of autocast on this device."""
-        if device.type == "cuda":
-            return self.autocast_cuda, getattr(torch, self.cuda_dtype)
-        return self.autocast_cpu, torch.bfloat16
+    def enabled(self, optimization: str) -> bool:
+        return optimization not in self.disable
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(
+            precision=self.precision, graph=self.graph, int8=self.quantize_int8,
+            channels_last=self.enabled("channels_last"), static_padding=self.enabled("static_padding"),
+            onednn_fusion=self.enabled("onednn_fusion"), cpu_streams=self.enabled("cpu_streams"),
+        )
+
+
+def _optimizations(value) -> tuple:
+    names = [value] if isinstance(value, str) else list(value or [])
+    unknown = sorted(set(names) - set(OPTIMIZATIONS))
+    if unknown:
+        raise ValueError(f"handler setting disable: unknown optimizations {unknown}; known: {list(OPTIMIZATIONS)}")
+    return tuple(names)

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -30,12 +29,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from build_mar import build, model_config  # noqa: E402
 from stock_archive import build_stock_mar  # noqa: E402
 
-from handlers.checkpoint import load_classifier  # noqa: E402
-from handlers.chunking import candidate_sizes, in_streams, stream_parts  # noqa: E402
-from handlers.device import single_threaded_torch  # noqa: E402
-from handlers.graph import freeze  # noqa: E402
-from handlers.imaging import decode_image, image_pixels, normalize, reference_pixels  # noqa: E402
-from handlers.padding import make_static  # noqa: E402
+from handlers.model.checkpoint import load_classifier  # noqa: E402
+from handlers.model.engine import Engine, EngineOptions  # noqa: E402
+from handlers.model.recipe import normalize  # noqa: E402
+from handlers.request.decoding import decode_image  # noqa: E402
+from handlers.request.pixels import image_pixels, reference_pixels  # noqa: E402
 from tsctl.local_server import TorchServe  # noqa: E402
 
 SIZES = {"500x375": (500, 375), "12MP": (4000, 3000)}
@@ -80,66 +78,32 @@ def make_images(photos: Path, out: Path) -> dict[str, list[Path]]:
     return sets
 
 
-def model_alone_setups(checkpoint: Path, threads: int, stream_batch: int = 8) -> list[tuple[str, object, torch.Tensor, int]]:
-    """(name, module, input, batch) for the bare model per graph, memory format and batch size.
+def model_alone_setups(checkpoint: Path, threads: int, batch: int = 8) -> list[tuple[str, object, torch.Tensor, int]]:
+    """(name, run, input, batch) for the bare network, without TorchServe or decoding.
 
-    Includes the frozen graph the handler serves on CPU (its padding made static as the
-    handler does: handlers/padding.py), and that graph on single-threaded
-    streams as the handler runs a full batch with several torch threads, so "best" is the
-    fastest way to run this network here, not just the eager model the stock handler runs.
+    The eager model (as the stock handler runs it) in each memory format and batch size, and
+    the handler's own engine (handlers/model/engine.py: frozen fused graph, static padding,
+    passes of CPU_CHUNK, streams) on a full batch of uint8 pixels, with and without its
+    load-time rewrites, so "best" is the fastest way to run this network here, and the rows
+    show what each optimisation of the engine buys.
     """
     torch.set_num_threads(threads)
-    torch.jit.enable_onednn_fusion(True)  # as the handler runs frozen graphs on CPU
     setups = []
-    for graph, channels_last in (("eager", False), ("eager", True), ("frozen", True)):
-        model, info = _load(checkpoint, channels_last, static_padding=graph == "frozen")
-        for batch in (1, 2, 4, 8, 16):
-            x = _example(batch, info.recipe.crop_size, channels_last)
-            run = freeze(model, [x]) if graph == "frozen" else model
-            layout = "channels_last" if channels_last else "contiguous"
-            setups.append((f"{graph} {layout} batch {batch}", run, x, batch))
-    # what static padding buys: the frozen graph with the model's own run-time padding
-    model, info = _load(checkpoint, True, static_padding=False)
-    x = _example(4, info.recipe.crop_size, True)
-    setups.append(("frozen channels_last batch 4, run-time padding", freeze(model, [x]), x, 4))
-    if threads > 1:  # the streams the handler runs a batch on (handlers/chunking.py), unserved
-        model, info = _load(checkpoint, True, static_padding=True)
-        x = _example(stream_batch, info.recipe.crop_size, True)
-        frozen = freeze(model, [x])
-        pool = ThreadPoolExecutor(threads, initializer=single_threaded_torch)
-        for chunk in candidate_sizes(-(-stream_batch // threads)):
-            setups.append((f"frozen channels_last, {threads} streams x chunk {chunk} (batch {stream_batch})",
-                           Streams(frozen, pool, stream_parts(stream_batch, threads, chunk)), x, stream_batch))
+    for channels_last in (False, True):
+        model, info = load_classifier(checkpoint, torch.device("cpu"), channels_last)
+        for n in (1, 2, 4, 8, 16):
+            with torch.inference_mode():
+                x = torch.randn(n, 3, info.recipe.crop_size, info.recipe.crop_size)
+                x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            setups.append((f"eager {'channels_last' if channels_last else 'contiguous'} batch {n}", model, x, n))
+    variants = {"engine as served": EngineOptions(), "engine, run-time padding": EngineOptions(static_padding=False),
+                "engine, one multi-threaded pass": EngineOptions(cpu_streams=False)}
+    for name, options in variants.items():
+        model, info = load_classifier(checkpoint, torch.device("cpu"), options.channels_last)
+        engine = Engine(model, info.recipe, torch.device("cpu"), batch, options)
+        pixels = torch.randint(0, 256, (batch, 3, info.recipe.crop_size, info.recipe.crop_size), dtype=torch.uint8)
+        setups.append((f"{name} (batch {batch})", engine.run, pixels, batch))
     return setups
-
-
-def _load(checkpoint: Path, channels_last: bool, static_padding: bool):
-    """The network; with `static_padding`, as the handler serves it on CPU (handlers/padding.py)."""
-    model, info = load_classifier(checkpoint, torch.device("cpu"), channels_last)
-    if static_padding:
-        make_static(model, info.recipe.crop_size)
-    return model, info
-
-
-def _example(batch: int, size: int, channels_last: bool) -> torch.Tensor:
-    with torch.inference_mode():
-        x = torch.randn(batch, 3, size, size)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-class Streams:
-    """`module` over a batch in `parts` single-threaded passes on `pool`'s threads, as the
-    handler's CPU streams run it (inference mode is per thread, so each pass enters it)."""
-
-    def __init__(self, module, pool: ThreadPoolExecutor, parts: int):
-        self.module, self.pool, self.parts = module, pool, parts
-
-    def _pass(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.module(x)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return in_streams(self._pass, x, self.pool, self.parts)
 
 
 def model_alone(setups, seconds: float) -> dict[str, float]:
@@ -159,31 +123,30 @@ def model_alone(setups, seconds: float) -> dict[str, float]:
 
 def accuracy(checkpoint: Path, photos: Path, image_sets: dict) -> list[dict]:
     """Top-1 of the float32 reference pipeline (full decode, Pillow resize, eager model) vs what
-    the handler serves on CPU (handlers.imaging.image_pixels, frozen channels_last graph)."""
+    the handler serves on CPU (handlers.request.pixels.image_pixels, then its engine)."""
     model, info = load_classifier(checkpoint, torch.device("cpu"))
-    torch.jit.enable_onednn_fusion(True)
-    served = freeze(load_classifier(checkpoint, torch.device("cpu"), True)[0],
-                    [torch.randn(1, 3, info.recipe.crop_size, info.recipe.crop_size).contiguous(memory_format=torch.channels_last)])
+    served_model, _ = load_classifier(checkpoint, torch.device("cpu"), True)
+    engine = Engine(served_model, info.recipe, torch.device("cpu"), 1)
     labels = json.loads((photos / "labels.json").read_text())
     rows = []
 
-    def top1(net, data: bytes):
-        if net is served:  # the handler's decoding (JPEG draft or TorchCodec, tensor resize), channels_last
-            x = normalize(image_pixels(data, 10**9, info.recipe)[None], info.recipe)
-            x = x.contiguous(memory_format=torch.channels_last)
-        else:
-            x = normalize(reference_pixels(decode_image(data, 10**9), info.recipe)[None], info.recipe)
+    def reference(data: bytes):
+        x = normalize(reference_pixels(decode_image(data, 10**9), info.recipe)[None], info.recipe)
         with torch.inference_mode():
-            p = net(x).softmax(1)[0]
+            p = model(x).softmax(1)[0]
+        return int(p.argmax()), float(p.max())
+
+    def served(data: bytes):
+        p = engine.run(image_pixels(data, 10**9, info.recipe)[None]).logits.softmax(1)[0]
         return int(p.argmax()), float(p.max())
 
     for size_name, paths in [("original", sorted(photos.glob("*.jpg")))] + list(image_sets.items()):
         for path in paths:
             data = path.read_bytes()
-            (ref_i, ref_p), (draft_i, draft_p) = top1(model, data), top1(served, data)
+            (ref_i, ref_p), (served_i, served_p) = reference(data), served(data)
             rows.append({"size": size_name, "photo": path.name, "reference": info.labels[ref_i],
-                         "served": info.labels[draft_i], "same_top1": ref_i == draft_i,
-                         "acceptable": labels.get(path.name), "prob_shift": draft_p - ref_p})
+                         "served": info.labels[served_i], "same_top1": ref_i == served_i,
+                         "acceptable": labels.get(path.name), "prob_shift": served_p - ref_p})
     return rows
 
 
@@ -288,6 +251,7 @@ def main(argv=None) -> int:
         server.client.management("PUT", f"/models/{HANDLERS['ours_scaled']}", params={
             "min_worker": args.scaled_workers, "max_worker": args.scaled_workers, "synchronous": "true"}).raise_for_status()
     runs, alone_rounds = [], []
+    ready_s = worker_ready_s(server, HANDLERS["ours"], args.workers) if "ours" in handlers else None
     try:
         # Rounds interleave everything (model alone, each size, each handler), so a slow
         # spell on a shared host hits all of them; each figure is the median over rounds.
@@ -309,6 +273,7 @@ def main(argv=None) -> int:
         server.stop()
 
     report = {"host": host_info(threads), "model_alone_img_s": median_by_key(alone_rounds), "runs": median_runs(runs),
+              "worker_ready_s": ready_s,
               "agreement": agreement, "raw": {"runs": runs, "model_alone_rounds": alone_rounds},
               "settings": {"batchSize": args.batch_size, "maxBatchDelay": args.max_batch_delay, "workers": args.workers,
                            "scaled_workers": args.scaled_workers, "scaled_threads": scaled_threads,
@@ -323,6 +288,17 @@ def main(argv=None) -> int:
         plot(report, args.out / "latency_throughput.png")
     print((args.out / "results.md").read_text())
     return 0
+
+
+def worker_ready_s(server: TorchServe, model: str, workers: int) -> float:
+    """Seconds from a fresh worker process's start to ready: the workers started with the server
+    are replaced (scaled to 0, then back, while nothing else loads) and a new one reports it."""
+    for workers in (0, workers):
+        server.client.management("PUT", f"/models/{model}", params={
+            "min_worker": workers, "max_worker": workers, "synchronous": "true"}).raise_for_status()
+    desc = server.client.management("GET", f"/models/{model}", params={"customized": "true"}).json()[0]
+    health = desc["customizedMetadata"]
+    return float((json.loads(health) if isinstance(health, str) else health)["ready_after_s"])
 
 
 def median_by_key(rounds: list[dict]) -> dict:

@@ -69,6 +69,10 @@ def markdown(report) -> str:
     try:
         for what, ratio, goal, met in targets(report):
             lines.append(f"| {what} | {ratio:.3f}x | {goal} | {'yes' if met else 'NO'} |")
+        ready = report.get("worker_ready_s")
+        if ready is not None:  # seconds from a worker's process start to ready, the last start timed
+            lines.append(f"| worker start: process start to ready, default model | {ready:.1f} s | <= 8 s | "
+                         f"{'yes' if ready <= 8 else 'NO'} |")
     except (StopIteration, ValueError):  # a partial run (--sizes/--handlers): no ratios
         lines.append("| (partial run: targets need both handlers and both sizes) | | | |")
     lines += ["", "## Load runs", "", "| images | handler | clients | req/s | p50 ms | p90 ms | p99 ms | errors |",

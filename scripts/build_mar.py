@@ -20,15 +20,16 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from handlers.checkpoint import assert_inference_ready, load_classifier  # noqa: E402
+from handlers.model.checkpoint import assert_inference_ready, load_classifier  # noqa: E402
 from handlers.settings import Settings  # noqa: E402
 
 PACKAGE = ROOT / "handlers"
 
 
-def validate(checkpoint: Path, settings: Settings) -> str:
-    """Load the checkpoint as the handler will and run one dummy batch; returns a summary line."""
-    model, info = load_classifier(checkpoint, torch.device("cpu"), settings.channels_last)
+def validate(checkpoint: Path, settings: Settings, version: str) -> str:
+    """Load the checkpoint as the handler will and run one dummy batch; returns a summary line
+    naming the archive's `version` (what TorchServe serves) and the checkpoint's where it differs."""
+    model, info = load_classifier(checkpoint, torch.device("cpu"), settings.enabled("channels_last"))
     assert_inference_ready(model)
     size = info.recipe.crop_size
     with torch.inference_mode():
@@ -39,7 +40,8 @@ def validate(checkpoint: Path, settings: Settings) -> str:
             f"expected (2, {len(info.labels)}) for {len(info.labels)} labels"
         )
     unsafe = " - WARNING: converted with --allow-unsafe-pickle (unsafe_source is recorded)" if info.unsafe_source else ""
-    return f"{info.architecture} v{info.version}, {len(info.labels)} classes, input {size}x{size}{unsafe}"
+    own = "" if info.version == version else f" (the checkpoint's own version: {info.version})"
+    return f"{info.architecture} version {version}{own}, {len(info.labels)} classes, input {size}x{size}{unsafe}"
 
 
 def model_config(base: Path, overrides: list[str]) -> dict:
@@ -86,9 +88,9 @@ def build(checkpoint: Path, name: str, version: str, export: Path, config: dict,
 
 def eager_checkpoint(state_dict_file: Path, model_file: Path, labels: Path, recipe: str, version: str, out: Path) -> Path:
     """A plain state dict + model file + labels + recipe -> a checkpoint in this project's format."""
-    from handlers.checkpoint import save_checkpoint
-    from handlers.conversion import extract_state_dict, load_training_checkpoint, read_labels
-    from handlers.recipe import Recipe
+    from modeltools.save import save_checkpoint
+    from modeltools.convert import extract_state_dict, load_training_checkpoint, read_labels
+    from handlers.model.recipe import Recipe
 
     if not recipe:
         raise ValueError("a plain state dict needs --recipe (JSON: crop_size, resize_size, interpolation, mean, std)")
@@ -125,7 +127,7 @@ def main(argv=None) -> int:
             if args.model_file:
                 checkpoint = eager_checkpoint(args.checkpoint, args.model_file, args.labels, args.recipe,
                                               args.version, Path(tmp) / f"{args.model_name}.pt")
-            summary = validate(checkpoint, Settings.from_model_yaml(config))
+            summary = validate(checkpoint, Settings.from_model_yaml(config), args.version)
         except (ValueError, RuntimeError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

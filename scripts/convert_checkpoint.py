@@ -17,8 +17,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from handlers.checkpoint import build_architecture, load_classifier, save_checkpoint  # noqa: E402
-from handlers.conversion import extract_state_dict, load_training_checkpoint, read_labels, recipe_for, strip_prefixes  # noqa: E402
+from handlers.model.checkpoint import build_architecture, load_classifier  # noqa: E402
+from modeltools.save import save_checkpoint  # noqa: E402
+from modeltools.convert import extract_state_dict, load_training_checkpoint, read_labels, recipe_for, strip_prefixes  # noqa: E402
 
 
 def convert(source: Path, architecture: str, labels: list[str], recipe_json: dict | None, version: str,

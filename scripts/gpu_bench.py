@@ -1,43 +1,57 @@
 #!/usr/bin/env python
-"""The handler in-process on a CUDA GPU (TorchServe's Context, no Java): throughput and top-1
-agreement at batch 1, 8 and 64 for float32, autocast float16, and a stock-style pipeline
-(full CPU decode, float32). `--device cpu` runs the same on the CPU (adding dynamic int8
-quantization of the Linear layers)."""
+"""In-process on a CUDA GPU, no TorchServe or Java: bytes to answers through the handler's own
+request path and engine, at several batch sizes, for float32, autocast float16 and a stock-style
+pipeline (full CPU decode, eager float32), with top-1 agreement against float32 on the labelled
+photos. `--device cpu` runs the same on the CPU (adding dynamic int8 Linear layers)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.handler_harness import load_handler, run_batch  # noqa: E402
+from handlers.model.checkpoint import load_classifier  # noqa: E402
+from handlers.model.device import single_threaded_torch  # noqa: E402
+from handlers.model.engine import Engine, EngineOptions  # noqa: E402
+from handlers.request.answers import top_k  # noqa: E402
+from handlers.request.pixels import image_pixels  # noqa: E402
 
+# name: (engine options, JPEG draft decoding)
 VARIANTS = {
-    "float32": {"autocast_cuda": False, "jpeg_draft": True},
-    "autocast float16": {"autocast_cuda": True, "jpeg_draft": True},
-    "stock-style (full decode, float32)": {"autocast_cuda": False, "jpeg_draft": False, "channels_last": False,
-                                           "graph": "eager"},
+    "float32": (EngineOptions(precision="float32"), True),
+    "autocast float16": (EngineOptions(precision="float16"), True),
+    "stock-style (full decode, eager float32)": (EngineOptions(precision="float32", graph="eager", channels_last=False), False),
 }
 
 
-def measure(handler, bodies: list[bytes], batch: int, seconds: float) -> float:
-    items = [{"body": bodies[i % len(bodies)]} for i in range(batch)]
-    run_batch(handler, items)  # warm this batch size
-    if handler.device.type == "cuda":
-        torch.cuda.synchronize()
+class Pipeline:
+    """The handler's path without TorchServe: decode on a thread pool, the engine, top-k."""
+
+    def __init__(self, checkpoint: Path, device: torch.device, batch: int, options: EngineOptions, draft: bool):
+        model, self.info = load_classifier(checkpoint, device, options.channels_last)
+        self.engine = Engine(model, self.info.recipe, device, batch, options)
+        self.draft = draft
+        self.decoders = ThreadPoolExecutor(torch.get_num_threads(), initializer=single_threaded_torch)
+
+    def __call__(self, bodies: list[bytes]) -> list[list[dict]]:
+        pixels = list(self.decoders.map(lambda b: image_pixels(b, 10**9, self.info.recipe, draft=self.draft), bodies))
+        return top_k(self.engine.run(torch.stack(pixels)).logits, self.info.labels, [1] * len(bodies))
+
+
+def measure(pipeline: Pipeline, bodies: list[bytes], batch: int, seconds: float) -> float:
+    items = [bodies[i % len(bodies)] for i in range(batch)]
+    pipeline(items)  # warm this batch size
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        run_batch(handler, items)
+        pipeline(items)  # top_k copies to the host: each call ends synchronised
         n += batch
-    if handler.device.type == "cuda":
-        torch.cuda.synchronize()
     return n / (time.perf_counter() - start)
 
 
@@ -53,32 +67,32 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device here; run on a GPU host, or pass --device cpu for a smoke test", file=sys.stderr)
         return 2
+    device = torch.device(args.device, 0) if args.device == "cuda" else torch.device("cpu")
     labels = json.loads((args.photos / "labels.json").read_text())
     names = sorted(labels)
     bodies = [(args.photos / n).read_bytes() for n in names]
-    gpu = 0 if args.device == "cuda" else None
-    rows, reference = [], None
-    variants = dict(VARIANTS)
     batches = [int(b) for b in args.batches.split(",")]
+    variants = dict(VARIANTS)
     if args.device == "cpu":
-        variants["int8 dynamic Linear (CPU)"] = {"quantize_int8": True, "jpeg_draft": True}
-    for variant, settings in variants.items():
-        handler = load_handler(args.checkpoint, Path(tempfile.mkdtemp()), {"handler": settings},
-                               batch_size=max(batches), gpu=gpu)
-        top1 = [a.body[0]["label"] for a in run_batch(handler, [{"body": b} for b in bodies])]
+        variants["int8 dynamic Linear (CPU)"] = (EngineOptions(int8=True), True)
+    rows, reference = [], None
+    for variant, (options, draft) in variants.items():
+        pipeline = Pipeline(args.checkpoint, device, max(batches), options, draft)
+        top1 = [answer[0]["label"] for answer in pipeline(bodies)]
         reference = reference or top1
         agree = sum(a == b for a, b in zip(top1, reference))
         acceptable = sum(labels[n] is None or t in labels[n] for n, t in zip(names, top1))
         for batch in batches:
-            rate = measure(handler, bodies, batch, args.seconds)
-            rows.append({"variant": variant, "batch": batch, "img_s": rate, "top1_agree_with_float32": f"{agree}/{len(names)}",
-                         "top1_acceptable": f"{acceptable}/{len(names)}"})
-            print(f"{variant:38s} batch {batch:3d}: {rate:8.1f} img/s  top-1 = float32 on {agree}/{len(names)}, "
+            rate = measure(pipeline, bodies, batch, args.seconds)
+            rows.append({"variant": variant, "batch": batch, "img_s": rate,
+                         "top1_agree_with_float32": f"{agree}/{len(names)}", "top1_acceptable": f"{acceptable}/{len(names)}",
+                         "engine": pipeline.engine.describe()})
+            print(f"{variant:42s} batch {batch:3d}: {rate:8.1f} img/s  top-1 = float32 on {agree}/{len(names)}, "
                   f"acceptable {acceptable}/{len(names)}", flush=True)
-    device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-    print(f"device: {device}, torch {torch.__version__}")
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    print(f"device: {name}, torch {torch.__version__}")
     if args.json:
-        args.json.write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"device": name, "rows": rows}, indent=2))
     return 0
 
 

@@ -17,7 +17,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from handlers.checkpoint import read_checkpoint  # noqa: E402
+from handlers.model.checkpoint import read_checkpoint  # noqa: E402
 sys.path.insert(0, str(ROOT / "scripts"))
 from build_mar import run_archiver  # noqa: E402
 

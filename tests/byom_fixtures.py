@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from handlers.checkpoint import read_checkpoint
+from handlers.model.checkpoint import read_checkpoint
 from tests.conftest import ROOT
 
 

@@ -49,7 +49,7 @@ def jpeg_bytes(img, **kwargs) -> bytes:
 @pytest.fixture
 def torchcodec_calls(monkeypatch):
     """Counts the images TorchCodec decodes (their byte lengths, in call order)."""
-    from handlers import jpeg
+    from handlers.request import decoding as jpeg
 
     assert jpeg.decode_jpeg is not None, "torchcodec is a dependency (setup.cfg)"
     calls = []

@@ -13,12 +13,14 @@ from handlers.image_classifier import ImageClassifier
 METRICS_YAML = Path(__file__).resolve().parents[1] / "metrics.yaml"  # the one config.properties names
 
 
-def make_context(model_dir: Path, checkpoint_name: str, config: dict | None = None, batch_size: int = 8, gpu=None):
-    manifest = {"model": {"modelName": "test", "serializedFile": checkpoint_name, "modelVersion": "1.0"}}
+def make_context(model_dir: Path, checkpoint_name: str, config: dict | None = None, batch_size: int = 8, gpu=None,
+                 version: str = "1.0"):
+    manifest = {"model": {"modelName": "test", "serializedFile": checkpoint_name, "modelVersion": version}}
     return Context("test", str(model_dir), manifest, batch_size, gpu, "0.12.0", model_yaml_config=config or {})
 
 
-def load_handler(checkpoint: Path, tmp_dir: Path, config: dict | None = None, batch_size: int = 8, gpu=None):
+def load_handler(checkpoint: Path, tmp_dir: Path, config: dict | None = None, batch_size: int = 8, gpu=None,
+                 version: str = "1.0"):
     """Lay out a model dir like an unpacked .mar and initialize the handler from it."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     target = tmp_dir / checkpoint.name
@@ -26,7 +28,7 @@ def load_handler(checkpoint: Path, tmp_dir: Path, config: dict | None = None, ba
         target.symlink_to(checkpoint.resolve())
     (tmp_dir / "model-config.yaml").write_text(yaml.safe_dump(config or {}))
     handler = ImageClassifier()
-    handler.initialize(make_context(tmp_dir, checkpoint.name, config, batch_size, gpu))
+    handler.initialize(make_context(tmp_dir, checkpoint.name, config, batch_size, gpu, version))
     return handler
 
 

@@ -7,8 +7,10 @@ import zipfile
 
 import yaml
 
-from handlers.checkpoint import build_architecture, save_checkpoint
-from handlers.recipe import Recipe
+from handlers.model.checkpoint import build_architecture
+
+from modeltools.save import save_checkpoint
+from handlers.model.recipe import Recipe
 from tests.conftest import ROOT
 
 
@@ -33,11 +35,20 @@ def test_archive_is_self_contained(tmp_path):
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
         config = yaml.safe_load(mar.read("model-config.yaml"))
-    assert {"image_classifier.py", "tiny.pt", "handlers/__init__.py", "handlers/imaging.py",
-            "handlers/checkpoint.py"} <= names
-    assert not any("__pycache__" in n for n in names)
+    assert {"image_classifier.py", "tiny.pt", "handlers/__init__.py", "handlers/request/pixels.py",
+            "handlers/model/engine.py", "handlers/model/checkpoint.py"} <= names
+    assert not any("__pycache__" in n or n.startswith("modeltools/") for n in names)  # offline tools stay out
     assert manifest["model"]["modelVersion"] == "2.0" and manifest["model"]["handler"] == "image_classifier.py"
     assert config["batchSize"] == 4 and config["handler"]["topk"] == 2
+
+
+def test_the_archive_version_is_the_one_announced_and_the_checkpoints_is_named_apart(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")  # saved as 2.0
+    out = build(tmp_path, ckpt, "--version", "3.0")
+    assert out.returncode == 0, out.stderr
+    assert "version 3.0 (the checkpoint's own version: 2.0)" in out.stdout
+    with zipfile.ZipFile(tmp_path / "store" / "tiny.mar") as mar:
+        assert json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"] == "3.0"
 
 
 def test_mismatched_labels_fail_at_archive_time(tmp_path):

@@ -14,8 +14,8 @@ from bench_report import markdown  # noqa: E402
 
 def test_variant_parses_name_and_overrides():
     assert parse_variant("threads1:handler.cpu_threads=1") == ("threads1", ["handler.cpu_threads=1"])
-    assert parse_variant("big:handler.decode_threads=4,handler.chunk_size=8") == (
-        "big", ["handler.decode_threads=4", "handler.chunk_size=8"])
+    assert parse_variant("big:handler.decode_threads=4,handler.disable=[cpu_streams]") == (
+        "big", ["handler.decode_threads=4", "handler.disable=[cpu_streams]"])
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -25,7 +25,8 @@ def test_variant_parses_name_and_overrides():
     ("t1:handler.cpu_threads", "expects NAME:key=value"),  # no value
     ("stock:handler.cpu_threads=1", "taken by a built-in handler"),
     ("t1:handler.cpu_thread=1", "unknown handler settings"),  # typo: refused before any run
-    ("t1:handler.jpeg_draft=maybe", "must be true or false"),
+    ("t1:handler.quantize_int8=maybe", "must be true or false"),
+    ("t1:handler.disable=[speed]", "unknown optimizations"),
 ])
 def test_bad_variants_are_refused_with_the_reason(text, fragment):
     with pytest.raises(argparse.ArgumentTypeError, match=fragment):
@@ -78,7 +79,7 @@ def test_targets_judge_the_issue_yardstick_and_the_stricter_one_apart():
             run("12MP", "stock", 8, 10.0, 500), run("12MP", "stock", 16, 9.0, 900)]
     report = _report(runs, scaled_workers=2, scaled_threads=2)
     report["model_alone_img_s"] = {"eager channels_last batch 4": 100.0, "eager contiguous batch 8": 40.0,
-                                   "frozen channels_last, 2 streams x chunk 4 (batch 8)": 150.0}
+                                   "engine as served (batch 8)": 150.0}
     got = {what: (round(ratio, 3), met) for what, ratio, _goal, met in targets(report)}
     assert got == {
         "12 MP JPEGs: throughput vs stock handler": (4.4, False),
@@ -115,32 +116,31 @@ def test_report_states_the_openmp_environment_of_the_model_alone_and_of_the_work
     assert "the model alone with OMP_WAIT_POLICY=PASSIVE," in markdown(report)
 
 
-def test_model_alone_times_the_frozen_graph_on_streams_as_the_handler_runs_it(default_checkpoint):
-    """With 2 threads the bench also times the frozen graph on 2 single-threaded streams, one
-    setup per chunk size up to an even share of the batch; each computes the one-pass logits."""
+def test_model_alone_times_the_eager_model_and_the_handlers_engine_on_the_same_network(default_checkpoint):
+    """The yardstick rows (eager, both memory formats, batches 1-16) and the engine rows (as
+    served, and with one load-time rewrite or the streams off) all compute the same logits."""
     import torch
     from bench import model_alone_setups
+
+    from handlers.model.checkpoint import read_checkpoint
+    from handlers.model.recipe import normalize
 
     before = torch.get_num_threads()
     try:
         setups = {name: (run, x, batch) for name, run, x, batch in model_alone_setups(default_checkpoint, 2, 8)}
     finally:
         torch.set_num_threads(before)
-    streamed = [name for name in setups if "streams" in name]
-    assert streamed == [f"frozen channels_last, 2 streams x chunk {c} (batch 8)" for c in (1, 2, 3, 4)]
-    run, x, batch = setups[streamed[1]]
-    assert batch == 8 and x.shape[0] == 8 and x.is_contiguous(memory_format=torch.channels_last)
-    one_pass, _, _ = setups["frozen channels_last batch 8"]
+    assert [n for n in setups if n.startswith("eager contiguous")] == [f"eager contiguous batch {b}" for b in (1, 2, 4, 8, 16)]
+    engines = ["engine as served (batch 8)", "engine, run-time padding (batch 8)", "engine, one multi-threaded pass (batch 8)"]
+    assert [n for n in setups if n.startswith("engine")] == engines
+    eager, _, _ = setups["eager contiguous batch 8"]
+    run, pixels, batch = setups[engines[0]]
+    assert batch == 8 and pixels.dtype == torch.uint8 and pixels.shape[0] == 8
     with torch.inference_mode():
-        expected = one_pass(x)
-    got = run(x)  # enters inference mode on each stream thread itself
-    assert got.shape == expected.shape == (8, 1000)
-    torch.testing.assert_close(got, expected, atol=1e-3 * float(expected.abs().max()), rtol=0)
-    assert run.parts == 4 and setups[streamed[0]][0].parts == 8 and setups[streamed[3]][0].parts == 2
-    # the frozen graph with the model's own padding, beside it: same logits, padded at run time
-    dynamic, x4, _ = setups["frozen channels_last batch 4, run-time padding"]
-    static, _, _ = setups["frozen channels_last batch 4"]
-    with torch.inference_mode():
-        torch.testing.assert_close(dynamic(x4), static(x4), atol=1e-4, rtol=0)
-    assert "aten::pad" in {n.kind() for n in dynamic.graph.nodes()}
-    assert "aten::pad" not in {n.kind() for n in static.graph.nodes()}
+        expected = eager(normalize(pixels, read_checkpoint(default_checkpoint)[1].recipe))
+    for name in engines:
+        got = setups[name][0](pixels).logits
+        torch.testing.assert_close(got, expected, atol=1e-3 * float(expected.abs().max()), rtol=0, msg=name)
+    assert setups[engines[0]][0].__self__.describe()["static_padding_convs"] == 5
+    assert setups[engines[1]][0].__self__.describe()["static_padding_convs"] == 0
+    assert setups[engines[2]][0].__self__.describe()["cpu_streams"] is None

@@ -1,14 +1,10 @@
 import pytest
 import torch
 
-from handlers.checkpoint import (
-    assert_inference_ready,
-    build_architecture,
-    load_classifier,
-    read_checkpoint,
-    save_checkpoint,
-)
-from handlers.recipe import Recipe
+from handlers.model.checkpoint import assert_inference_ready, build_architecture, load_classifier, read_checkpoint
+
+from modeltools.save import save_checkpoint
+from handlers.model.recipe import Recipe
 
 LABELS = [f"class {i}" for i in range(3)]
 

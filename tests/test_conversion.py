@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from handlers.checkpoint import build_architecture, read_checkpoint
-from handlers.conversion import extract_state_dict, load_training_checkpoint, read_labels, recipe_for, strip_prefixes
-from handlers.programs import detect_format
-from handlers.recipe import Recipe
+from handlers.model.checkpoint import build_architecture, read_checkpoint
+from modeltools.convert import extract_state_dict, load_training_checkpoint, read_labels, recipe_for, strip_prefixes
+from handlers.model.programs import detect_format
+from handlers.model.recipe import Recipe
 from tests.conftest import labelled_photos
 from tests.byom_fixtures import converted_default, exported, imagenet_labels, script  # noqa: F401
 from tests.handler_harness import load_handler, run_batch
@@ -82,7 +82,7 @@ def test_default_weights_through_each_path_classify_the_photos(fmt, converted_de
     path = converted_default if fmt == "checkpoint" else exported[fmt]
     handler = load_handler(path, tmp_path)
     # torch.export graphs carry runtime shape assertions, which tracing refuses: served eagerly
-    assert handler.graph.kind == ("eager" if fmt == "export" else "frozen"), handler.graph.note
+    assert handler.engine.graph.kind == ("eager" if fmt == "export" else "frozen"), handler.engine.graph.note
     names = [n for n, ok in labelled_photos().items() if ok]
     for name, answer in zip(names, run_batch(handler, [{"body": photos[n]} for n in names])):
         assert answer.body[0]["label"] in labelled_photos()[name], (fmt, name, answer.body[0])
@@ -129,7 +129,7 @@ def test_eager_model_file_convention_is_archived_and_served(tmp_path, photos):
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "store" / "tiny.mar") as mar:
-        assert {"tiny_net.py", "tiny.pt", "handlers/checkpoint.py"} <= set(mar.namelist())
+        assert {"tiny_net.py", "tiny.pt", "handlers/model/checkpoint.py"} <= set(mar.namelist())
         mar.extractall(tmp_path / "unpacked")
     handler = load_handler(tmp_path / "unpacked" / "tiny.pt", tmp_path / "unpacked")
     answer = run_batch(handler, [{"body": photos["dog1.jpg"]}])[0]
@@ -148,7 +148,7 @@ def test_int8_linear_quantization_keeps_top1_on_the_photos(default_checkpoint, t
     plain = load_handler(default_checkpoint, tmp_path / "a")
     quant = load_handler(default_checkpoint, tmp_path / "b", config={"handler": {"quantize_int8": True}})
     assert quant.describe_handle()["int8_linear"] is True
-    assert quant.graph.kind == "frozen", quant.graph.note  # dynamic int8 Linear traces and freezes
+    assert quant.engine.graph.kind == "frozen", quant.engine.graph.note  # dynamic int8 Linear traces and freezes
     items = [{"body": photos[n]} for n in names]
     for p, q in zip(run_batch(plain, items), run_batch(quant, items)):
         assert p.body[0]["label"] == q.body[0]["label"]

@@ -6,9 +6,11 @@ import pytest
 import timm
 import torch
 
-from handlers.checkpoint import load_classifier
-from handlers.imaging import decode_image, normalize, recipe_pixels
-from handlers.recipe import Recipe
+from handlers.model.checkpoint import load_classifier
+from handlers.request.decoding import decode_image
+from handlers.model.recipe import normalize
+from handlers.request.pixels import recipe_pixels
+from handlers.model.recipe import Recipe
 
 IMAGENET_MEAN_STD = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from handlers.errors import MAX_REASON_CHARS, InputError, ascii_reason
+from handlers.request.errors import MAX_REASON_CHARS, InputError, ascii_reason
 
 
 @given(st.text(max_size=400))

@@ -10,10 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from handlers.errors import InputError
-from handlers.imaging import decode_image, recipe_pixels
-from handlers.payload import extract_payload, parse_topk
-from handlers.recipe import Recipe
+from handlers.request.errors import InputError
+from handlers.request.decoding import decode_image
+from handlers.request.pixels import recipe_pixels
+from handlers.request.payload import extract_payload, parse_topk
+from handlers.model.recipe import Recipe
 
 RECIPE = Recipe(crop_size=32, resize_size=36)  # small, so 10,000 runs stay quick
 MAX_PIXELS = 4_000_000

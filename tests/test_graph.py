@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from handlers.checkpoint import load_classifier
-from handlers.graph import build_graph, check_same, example_inputs, resolve_mode
-from handlers.imaging import decode_image, normalize, recipe_pixels
+from handlers.model.checkpoint import load_classifier
+from handlers.model.graph import build_graph, check_same, example_inputs, resolve_mode
+from handlers.request.decoding import decode_image
+from handlers.model.recipe import normalize
+from handlers.request.pixels import recipe_pixels
 from handlers.settings import Settings
 from tests.conftest import labelled_photos
 from tests.handler_harness import load_handler, run_batch
@@ -100,8 +102,8 @@ def test_frozen_default_model_matches_eager_on_every_photo(default_checkpoint, p
 
 def test_eager_setting_serves_the_eager_module_with_the_same_labels(default_checkpoint, photos, tmp_path):
     handler = load_handler(default_checkpoint, tmp_path, {"handler": {"graph": "eager"}}, batch_size=2)
-    assert handler.graph.kind == "eager"
-    assert not any(m.training for m in handler.model.modules())
+    assert handler.engine.graph.kind == "eager"
+    assert not any(m.training for m in handler.engine.graph.module.modules())
     names = [n for n, ok in labelled_photos().items() if ok][:2]
     answers = run_batch(handler, [{"data": photos[n]} for n in names])
     for name, answer in zip(names, answers):
@@ -140,7 +142,7 @@ def test_compile_mode_compiles_every_batch_size_and_matches_eager():
 
 
 def test_a_graph_failing_at_warm_up_is_replaced_by_the_eager_model(default_checkpoint, tmp_path, monkeypatch):
-    import handlers.image_classifier as ic
+    import handlers.model.engine as ic
 
     class FailsFromBatchThree(nn.Module):
         def __init__(self, inner):
@@ -161,6 +163,7 @@ def test_a_graph_failing_at_warm_up_is_replaced_by_the_eager_model(default_check
 
     monkeypatch.setattr(ic, "build_graph", build_then_break)
     handler = load_handler(default_checkpoint, tmp_path, batch_size=4)
-    assert handler.graph.kind == "eager" and "failed at warm-up" in handler.graph.note
-    assert handler.warmed_up and not isinstance(handler.model, FailsFromBatchThree)
+    graph = handler.engine.graph
+    assert graph.kind == "eager" and "failed at warm-up" in graph.note
+    assert not isinstance(graph.module, FailsFromBatchThree) and handler.engine.warmup_ms > 0
     assert handler.describe_handle()["graph_note"].startswith("frozen graph failed at warm-up")

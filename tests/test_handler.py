@@ -16,16 +16,16 @@ from tests.handler_harness import load_handler, run_batch
 
 @pytest.fixture(scope="module")
 def handler(default_checkpoint, tmp_path_factory):
-    return load_handler(default_checkpoint, tmp_path_factory.mktemp("model"), batch_size=8)
+    # archived as 2.5 (make mar VERSION=2.5) from the default checkpoint, which says 1.0
+    return load_handler(default_checkpoint, tmp_path_factory.mktemp("model"), batch_size=8, version="2.5")
 
 
 def test_initialize_puts_model_in_eval_on_cpu_and_warms_up(handler):
-    assert handler.initialized and handler.warmed_up
-    assert handler.device == torch.device("cpu")
-    assert handler.graph.kind == "frozen"  # the CPU default: batch norm folded, verified against eager
-    assert handler.warmup_ms > 0
-    assert not any(p.requires_grad for p in handler.model.parameters())
-    assert handler.autocast is False  # off on the CPU by default
+    assert handler.initialized and handler.device == torch.device("cpu")
+    engine = handler.engine
+    assert engine.graph.kind == "frozen"  # the CPU default: batch norm folded, verified against eager
+    assert engine.warmup_ms > 0 and engine.autocast is None  # float32 on the CPU by default
+    assert not any(p.requires_grad for p in engine.graph.module.parameters())
 
 
 def test_every_labelled_photo_gets_an_acceptable_top1_in_one_batch(handler, photos):
@@ -120,8 +120,10 @@ def test_describe_reports_health(handler, photos):
     run_batch(handler, [{"body": photos["kitten.jpg"]}, {"body": b"not an image"}])
     health = handler.describe_handle()
     assert health["architecture"] == "timm:tf_efficientnet_lite0"
-    assert health["device"] == "cpu" and health["eval_mode_verified"] and health["warmed_up"]
+    assert health["model_version"] == "2.5" and health["checkpoint_version"] == "1.0"  # TorchServe's, the file's
+    assert health["device"] == "cpu" and health["dtype"] == "float32" and health["graph"] == "frozen"
     assert health["requests_served"] == served + 1  # answered requests; the bad one is not counted
+    assert 0 < health["ready_after_s"] < 600 and health["warmup_ms"] > 0
     assert health["torch_threads"] == torch.get_num_threads()
     assert health["static_padding_convs"] == 5  # tf_efficientnet_lite0: the stem and 4 strided depthwise convs
 
@@ -129,7 +131,7 @@ def test_describe_reports_health(handler, photos):
 def test_cpu_threads_setting_sets_torchs_thread_count(default_checkpoint, tmp_path):
     before = torch.get_num_threads()
     try:
-        h = load_handler(default_checkpoint, tmp_path, config={"handler": {"cpu_threads": 1, "chunk_size": 1}})
+        h = load_handler(default_checkpoint, tmp_path, config={"handler": {"cpu_threads": 1}})
         assert torch.get_num_threads() == 1 and h.describe_handle()["torch_threads"] == 1
     finally:
         torch.set_num_threads(before)
@@ -149,7 +151,7 @@ def test_jpegs_decode_with_torchcodec_unless_draft_decoding_shrinks_them(handler
 
 
 def test_handler_settings_from_model_config(default_checkpoint, tmp_path, photos, torchcodec_calls):
-    settings = {"topk": 1, "jpeg_draft": False, "jpeg_torchcodec": False}
+    settings = {"topk": 1, "disable": ["jpeg_draft", "torchcodec"]}
     h = load_handler(default_checkpoint, tmp_path, config={"handler": settings})
     answer = run_batch(h, [{"body": photos["kitten.jpg"]}])[0]
     assert len(answer.body) == 1 and torchcodec_calls == []  # Pillow decoded it
@@ -161,7 +163,7 @@ def test_handler_settings_from_model_config(default_checkpoint, tmp_path, photos
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_path_autocast_float16_same_labels(default_checkpoint, tmp_path, photos):
     h = load_handler(default_checkpoint, tmp_path, gpu=0)
-    assert h.device.type == "cuda" and h.autocast and h.autocast_dtype == torch.float16
+    assert h.device.type == "cuda" and h.engine.autocast == torch.float16
     names = [n for n, ok in labelled_photos().items() if ok]
     answers = run_batch(h, [{"body": photos[n]} for n in names])
     for name, answer in zip(names, answers):
@@ -169,8 +171,8 @@ def test_cuda_path_autocast_float16_same_labels(default_checkpoint, tmp_path, ph
 
 
 def test_out_of_memory_splits_the_batch_and_still_answers_everything(default_checkpoint, tmp_path, photos):
-    h = load_handler(default_checkpoint, tmp_path)
-    real = h.model
+    h = load_handler(default_checkpoint, tmp_path, config={"handler": {"disable": ["cpu_streams"]}})
+    real = h.engine.graph.module
 
     class MemoryForTwo(torch.nn.Module):
         def forward(self, x):
@@ -178,11 +180,12 @@ def test_out_of_memory_splits_the_batch_and_still_answers_everything(default_che
                 raise torch.OutOfMemoryError("simulated: batch too large")
             return real(x)
 
-    h.model, h.chunk, h.streams = MemoryForTwo(), 8, None  # the whole batch reaches the model in one pass
+    h.engine.graph.module = MemoryForTwo()  # passes of 4 (CPU_CHUNK) halve once each
     names = ["dog1.jpg", "croco.jpg", "dog2.jpg", "kitten.jpg", "dog1.jpg"]
     answers = run_batch(h, [{"body": photos[n]} for n in names])
     assert [a.body[0]["label"] for a in answers[:3]] == ["Labrador retriever", "African crocodile", "Brittany spaniel"]
-    assert h.oom_splits >= 2 and h.describe_handle()["oom_batch_splits"] == h.oom_splits
+    assert answers[4].body == answers[0].body
+    assert h.describe_handle()["oom_batch_splits"] == 1  # 5 images: passes of 3 and 2, the 3 split once
 
 
 def test_handler_metrics_reach_torchserves_metrics_cache(handler, photos, caplog):

@@ -8,10 +8,9 @@ import torch
 from timm.layers.conv2d_same import Conv2dSame
 from torch import nn
 
-from handlers.checkpoint import load_classifier
-from handlers.graph import check_same
-from handlers.padding import make_static, static_conv
-from tests.handler_harness import load_handler, run_batch
+from handlers.model.checkpoint import load_classifier
+from handlers.model.graph import check_same
+from handlers.model.padding import make_static, static_conv
 
 CPU = torch.device("cpu")
 
@@ -70,16 +69,3 @@ def test_a_failed_check_puts_the_dynamic_convolutions_back():
     with pytest.raises(ValueError, match="logits moved"):
         make_static(model, 96, refuse)
     assert sum(isinstance(m, Conv2dSame) for m in model.modules()) == count
-
-
-def test_handler_serves_static_padding_on_cpu_unless_switched_off(default_checkpoint, photos, tmp_path):
-    on = load_handler(default_checkpoint, tmp_path / "on", {"handler": {"graph": "eager"}}, batch_size=2)
-    off = load_handler(default_checkpoint, tmp_path / "off", {"handler": {"graph": "eager", "cpu_static_padding": False}},
-                       batch_size=2)
-    assert on.describe_handle()["static_padding_convs"] == 5 and off.describe_handle()["static_padding_convs"] == 0
-    assert any(isinstance(m, Conv2dSame) for m in off.model.modules())
-    items = [{"data": photos["kitten.jpg"]}, {"data": photos["dog.jpg"]}]
-    for a, b in zip(run_batch(on, items), run_batch(off, items)):
-        assert a.status == b.status == 200
-        assert [p["label"] for p in a.body] == [p["label"] for p in b.body]
-        assert abs(a.body[0]["probability"] - b.body[0]["probability"]) < 1e-4

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from handlers.errors import InputError
-from handlers.payload import extract_payload, parse_topk
+from handlers.request.errors import InputError
+from handlers.request.payload import extract_payload, parse_topk
 
 IMG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4  # binary, like a JPEG
 B64 = base64.b64encode(IMG)

@@ -1,7 +1,7 @@
 import pytest
 import timm
 
-from handlers.recipe import Recipe
+from handlers.model.recipe import Recipe
 
 
 def test_timm_config_of_tf_efficientnet_lite0():

@@ -23,13 +23,21 @@ def test_max_body_matches_torchserve_max_request_size():
     assert props["disable_token_authorization"] == "false"
 
 
-def test_autocast_defaults():
-    s = Settings()
-    assert s.autocast_for(torch.device("cuda", 0)) == (True, torch.float16)
-    assert s.autocast_for(torch.device("cpu"))[0] is False
+def test_precision_defaults_to_float16_autocast_on_cuda_and_float32_on_cpu():
+    options = Settings().engine_options()
+    assert options.autocast_dtype(torch.device("cuda", 0)) == torch.float16
+    assert options.autocast_dtype(torch.device("cpu")) is None
 
 
-@pytest.mark.parametrize("section", [{"topk": 0}, {"autocast_cuda": "yes"}, {"cuda_dtype": "float8"}, {"nope": 1}])
+def test_disable_turns_off_named_optimisations_only():
+    s = Settings.from_model_yaml({"handler": {"disable": ["cpu_streams", "jpeg_draft"]}})
+    options = s.engine_options()
+    assert not options.cpu_streams and options.static_padding and options.channels_last
+    assert not s.enabled("jpeg_draft") and s.enabled("torchcodec")
+
+
+@pytest.mark.parametrize("section", [{"topk": 0}, {"quantize_int8": "yes"}, {"precision": "float8"}, {"nope": 1},
+                                     {"graph": "jit"}, {"disable": ["speed"]}, {"cpu_threads": -1}])
 def test_bad_settings_are_refused(section):
     with pytest.raises(ValueError):
         Settings.from_model_yaml({"handler": section})

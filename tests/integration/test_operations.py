@@ -12,7 +12,9 @@ import pytest
 import requests
 import torch
 
-from handlers.checkpoint import read_checkpoint, save_checkpoint
+from handlers.model.checkpoint import read_checkpoint
+
+from modeltools.save import save_checkpoint
 from tests.conftest import IMAGES, ROOT
 from tests.integration.conftest import METRICS_YAML, build_mar
 from tsctl.grpc_client import GrpcClient
@@ -124,6 +126,11 @@ def test_good_version_is_promoted_while_unversioned_requests_all_succeed(ops, ar
     assert code == 0, log
     assert ops.client.default_version(MODEL) == "2.0" and ops.client.versions(MODEL) == ["2.0"]
     assert traffic.codes and set(traffic.codes) == {200}, traffic.codes
+    # the handler reports the version TorchServe serves, apart from the checkpoint's own (1.0)
+    desc = ops.client.management("GET", f"/models/{MODEL}", params={"customized": "true"}).json()[0]
+    health = desc["customizedMetadata"]
+    health = json.loads(health) if isinstance(health, str) else health
+    assert desc["modelVersion"] == health["model_version"] == "2.0" and health["checkpoint_version"] == "1.0"
 
 
 def test_rollback_returns_to_the_previous_default_and_back(ops):

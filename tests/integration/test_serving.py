@@ -65,8 +65,9 @@ def test_describe_customized_shows_handler_health(server):
 
         health = json.loads(health)
     assert health["architecture"] == "timm:tf_efficientnet_lite0"
-    assert health["eval_mode_verified"] is True and health["warmed_up"] is True
-    assert health["device"] == "cpu"
+    assert health["device"] == "cpu" and health["graph"] == "frozen" and health["warmup_ms"] > 0
+    assert health["model_version"] == desc["modelVersion"] == "1.0"
+    assert 0 < health["ready_after_s"] < 120  # seconds from the worker process's start to ready
 
 
 def test_tsctl_predict_prints_labels(server, photos, tmp_path):

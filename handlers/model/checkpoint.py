@@ -25,21 +25,6 @@ class ModelInfo:
     unsafe_source: bool = False  # converted with an explicit opt-in to arbitrary unpickling
 
 
-def save_checkpoint(path, state_dict: dict, architecture: str, recipe: Recipe, labels, version: str) -> None:
-    """Write one dict of plain types and tensors, loadable with torch.load(weights_only=True)."""
-    labels = [str(x) for x in labels]
-    torch.save(
-        {
-            "format": FORMAT,
-            "architecture": architecture,
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
-            "recipe": recipe.to_dict(),
-            "labels": labels,
-            "version": str(version),
-        },
-        path,
-    )
-
 
 def read_checkpoint(path) -> tuple[dict, ModelInfo]:
     """Load and validate a checkpoint file on the CPU; returns (state_dict, info)."""

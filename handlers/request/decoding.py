@@ -1,4 +1,11 @@
-"""Image bytes -> validated RGB pixels -> the recipe's uint8 tensor. Raises InputError only."""
+"""Image bytes -> validated, decoded pixels (Pillow, or TorchCodec for JPEGs). Raises InputError only.
+
+TorchCodec (torchvision's successor for image decoding) decodes a JPEG straight into a tensor,
+EXIF orientation applied, with the same pixels as Pillow plus `ImageOps.exif_transpose`
+(tests/test_decoding_path.py checks this on real photos and every orientation). Pillow's path
+costs a copy of the decoded image into the tensor that holds the GIL, so a batch decodes about
+1.5x faster this way on the decoding threads (docs/PERFORMANCE.md).
+"""
 
 from __future__ import annotations
 
@@ -8,21 +15,17 @@ import warnings
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as F
 
 from .errors import bad_request, too_large, unsupported
-from .jpeg import jpeg_tensor
-from .recipe import Recipe
+
+try:
+    from torchcodec.decoders import decode_jpeg
+except ImportError:  # not installed (or no wheel for this platform): Pillow decodes everything
+    decode_jpeg = None
 
 # Formats decoded; Pillow is never asked to try any other plugin (EPS, PSD, ...).
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO (phone photos)
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited over white
-_INTERPOLATION = {
-    "nearest": F.InterpolationMode.NEAREST,
-    "bilinear": F.InterpolationMode.BILINEAR,
-    "bicubic": F.InterpolationMode.BICUBIC,
-    "lanczos": F.InterpolationMode.LANCZOS,
-}
 _SIGNATURES = (  # what a refused body looks like, for the error message
     (b"%PDF", "PDF", True),
     (b"<svg", "SVG", True),
@@ -48,26 +51,6 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
         draft_jpeg(img, draft_size)
     return load_rgb(img, max_pixels)
 
-
-def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = True,
-                 torchcodec: bool = True) -> torch.Tensor:
-    """Encoded image -> the recipe's uint8 tensor [3, crop, crop]: what the handler serves.
-
-    JPEGs that DCT scaling would not shrink (a side under twice the resize size) and whose
-    recipe resizes as tensors are decoded by TorchCodec straight into a tensor: the same pixels
-    as Pillow's, without Pillow's copy into the tensor, which holds the GIL (handlers/jpeg.py).
-    Everything else, anything TorchCodec refuses, and everything when `torchcodec` is False
-    takes Pillow's path, whose checks and error messages stay the only ones a client sees.
-    """
-    img = open_image(data, max_pixels)
-    size = img.size
-    if draft:
-        draft_jpeg(img, recipe.resize_size)
-    if torchcodec and img.size == size and recipe.interpolation in TENSOR_RESIZE:
-        pixels = jpeg_tensor(img, data)
-        if pixels is not None:
-            return _resize_crop(pixels, recipe)
-    return recipe_pixels(load_rgb(img, max_pixels), recipe)
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -185,59 +168,16 @@ def _not_an_image(data: bytes):
     )
 
 
-MAX_ASPECT = 4  # longer panoramas are center-cropped to 4:1 first (same output, bounded memory)
+JPEG_MODES = ("RGB", "L")  # colour and grayscale JPEGs; CMYK/YCCK stay on Pillow's conversion
 
 
-# Resized as uint8 tensors by torch's antialiased SIMD kernels: within 5 levels of Pillow's
-# resize, mean difference < 0.3 (tests/test_imaging.py), in about half its time
-# (docs/PERFORMANCE.md). Other interpolations go through Pillow.
-TENSOR_RESIZE = ("bilinear", "bicubic")
-
-
-def recipe_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
-    """RGB image -> uint8 tensor [3, crop, crop]: short side to resize_size, center crop."""
-    if recipe.interpolation not in TENSOR_RESIZE:
-        return reference_pixels(img, recipe)
-    # cropped before the copy into a tensor, which then shares Pillow's HWC layout: channels-last
-    return _resize_crop(F.pil_to_tensor(_limit_aspect(img)), recipe)
-
-
-def _resize_crop(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    """uint8 [3, H, W] -> [3, crop, crop] with torch's antialiased resize, then center crop."""
-    left, top, right, bottom = _aspect_box(pixels.shape[-1], pixels.shape[-2])
-    pixels = F.resize(pixels[:, top:bottom, left:right], recipe.resize_size,
-                      interpolation=_INTERPOLATION[recipe.interpolation], antialias=True)
-    return F.center_crop(pixels, [recipe.crop_size, recipe.crop_size]).contiguous()
-
-
-def reference_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
-    """The textbook pipeline on a PIL image: torchvision resize (Pillow), then center crop."""
-    img = _limit_aspect(img)
-    img = F.resize(img, recipe.resize_size, interpolation=_INTERPOLATION[recipe.interpolation])
-    img = F.center_crop(img, [recipe.crop_size, recipe.crop_size])
-    return F.pil_to_tensor(img)
-
-
-def _limit_aspect(img: Image.Image) -> Image.Image:
-    box = _aspect_box(*img.size)
-    return img if box == (0, 0, *img.size) else img.crop(box)
-
-
-def _aspect_box(w: int, h: int) -> tuple[int, int, int, int]:
-    # A 20000x10 strip resized to a short side of 256 would be 512 megapixels; the center
-    # crop only ever uses the middle, so cut the long side to MAX_ASPECT x the short side.
-    keep = MAX_ASPECT * min(w, h)
-    if max(w, h) <= keep:
-        return 0, 0, w, h
-    if w > h:
-        left = (w - keep) // 2
-        return left, 0, left + keep, h
-    top = (h - keep) // 2
-    return 0, top, w, top + keep
-
-
-def normalize(batch: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    """uint8 [N, 3, H, W] -> float32 (x / 255 - mean) / std, on the batch's device."""
-    mean = torch.tensor(recipe.mean, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(recipe.std, device=batch.device).view(1, 3, 1, 1)
-    return (batch.float().div_(255.0) - mean).div_(std)
+def jpeg_tensor(img: Image.Image, data: bytes) -> torch.Tensor | None:
+    """[3, H, W] uint8 RGB of the JPEG whose header Pillow opened as `img`, or None when Pillow
+    should decode it: another format or mode, or data TorchCodec refuses (truncated, corrupt),
+    so that Pillow's checks give the error the client sees."""
+    if decode_jpeg is None or img.format not in ("JPEG", "MPO") or img.mode not in JPEG_MODES:
+        return None
+    try:
+        return decode_jpeg(data, mode="RGB")
+    except RuntimeError:
+        return None

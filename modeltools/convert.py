@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .recipe import Recipe
+from handlers.model.recipe import Recipe
 
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network", "weights")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel/DDP, torch.compile, Lightning-style

@@ -10,7 +10,6 @@ import json
 import zipfile
 
 import torch
-from torch import nn
 
 from .recipe import Recipe
 
@@ -30,10 +29,6 @@ def detect_format(path) -> str:
         return "torchscript"
     return "checkpoint"
 
-
-def metadata(info) -> str:
-    return json.dumps({"architecture": info.architecture, "recipe": info.recipe.to_dict(),
-                       "labels": list(info.labels), "version": info.version})
 
 
 def _info(text, path):
@@ -80,16 +75,3 @@ def refuse_training_graph(program, path) -> None:
     if bad:
         raise ValueError(f"{path}: the exported program was traced in training mode ({sorted(bad)[:3]}); "
                          "export from a model in eval mode")
-
-
-def save_torchscript(module: nn.Module, example: torch.Tensor, path, info) -> nn.Module:
-    scripted = torch.jit.trace(module, example)
-    torch.jit.save(scripted, str(path), _extra_files={META: metadata(info)})
-    return scripted
-
-
-def save_exported(module: nn.Module, example: torch.Tensor, path, info):
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path), extra_files={META: metadata(info)})
-    return program

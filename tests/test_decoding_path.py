@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from handlers import jpeg
-from handlers.errors import InputError
-from handlers.imaging import decode_image, image_pixels, recipe_pixels
-from handlers.recipe import Recipe
+from handlers.request import decoding as jpeg
+from handlers.request.errors import InputError
+from handlers.request.decoding import decode_image
+from handlers.request.pixels import image_pixels, recipe_pixels
+from handlers.model.recipe import Recipe
 from tests.conftest import IMAGES, jpeg_bytes
 
 LIMIT = 50_000_000

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import torch
+
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 
@@ -62,3 +64,9 @@ class Recipe:
             mean=tuple(cfg["mean"]),
             std=tuple(cfg["std"]),
         )
+
+def normalize(batch: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float32 (x / 255 - mean) / std, on the batch's device."""
+    mean = torch.tensor(recipe.mean, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(recipe.std, device=batch.device).view(1, 3, 1, 1)
+    return (batch.float().div_(255.0) - mean).div_(std)

@@ -6,9 +6,11 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from handlers.errors import InputError
-from handlers.imaging import decode_image, normalize, recipe_pixels, reference_pixels, to_rgb
-from handlers.recipe import Recipe
+from handlers.request.errors import InputError
+from handlers.request.decoding import decode_image, to_rgb
+from handlers.model.recipe import normalize
+from handlers.request.pixels import recipe_pixels, reference_pixels
+from handlers.model.recipe import Recipe
 from tests.conftest import IMAGES, jpeg_bytes
 
 LIMIT = 50_000_000

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from handlers.graph import check_same
+from handlers.model.graph import check_same
 
 try:
     from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
