@@ -54,7 +54,7 @@ wrk:
 $(DEFAULT_CKPT): | install
 	$(PY) scripts/build_default_checkpoint.py --output $@
 
-$(DEFAULT_MAR): $(DEFAULT_CKPT) $(wildcard handlers/*.py) model-config.yaml | install
+$(DEFAULT_MAR): $(DEFAULT_CKPT) $(shell find handlers -name "*.py") model-config.yaml | install
 	$(PY) scripts/build_mar.py --checkpoint $(DEFAULT_CKPT) --model-name efficientnet_lite0 --version 1.0
 
 # Archive any checkpoint in this project's format: make mar CHECKPOINT=x.pt MODEL_NAME=y VERSION=2.0 [MAR_DIR=dir]
@@ -74,7 +74,7 @@ serve: install java $(DEFAULT_MAR)
 	    cfg=build/config.cpu.properties; { cat config.properties; echo default_workers_per_model=$(CPU_WORKERS); } > $$cfg; \
 	    echo "No GPU found: $(CPU_WORKERS) worker(s), $$threads torch thread(s) each, on $$cores cores ($$cfg)."; fi; \
 	  env $(SERVE_OMP_ENV) $${threads:+OMP_NUM_THREADS=$$threads} $(VENV)/bin/torchserve --start --ncs --ts-config $$cfg \
-	    --model-store model_store --log-config log4j2.xml > logs_start.txt 2>&1 || { cat logs_start.txt; exit 1; }; \
+	    --model-store model_store --log-config tsctl/log4j2.xml > logs_start.txt 2>&1 || { cat logs_start.txt; exit 1; }; \
 	fi
 	$(TSCTL) wait efficientnet_lite0 --timeout 300
 	@echo "Prediction for $(SAMPLE):"

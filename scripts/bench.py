@@ -83,9 +83,9 @@ def model_alone_setups(checkpoint: Path, threads: int, batch: int = 8) -> list[t
 
     The eager model (as the stock handler runs it) in each memory format and batch size, and
     the handler's own engine (handlers/model/engine.py: frozen fused graph, static padding,
-    passes of CPU_CHUNK, streams) on a full batch of uint8 pixels, with and without its
-    load-time rewrites, so "best" is the fastest way to run this network here, and the rows
-    show what each optimisation of the engine buys.
+    passes of CPU_CHUNK, streams) on a full batch of uint8 pixels, as served and with one of
+    its optimisations off, so "best" is the fastest way to run this network here, and the
+    rows show what each optimisation of the engine buys.
     """
     torch.set_num_threads(threads)
     setups = []
@@ -96,7 +96,9 @@ def model_alone_setups(checkpoint: Path, threads: int, batch: int = 8) -> list[t
                 x = torch.randn(n, 3, info.recipe.crop_size, info.recipe.crop_size)
                 x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
             setups.append((f"eager {'channels_last' if channels_last else 'contiguous'} batch {n}", model, x, n))
-    variants = {"engine as served": EngineOptions(), "engine, run-time padding": EngineOptions(static_padding=False),
+    variants = {"engine as served": EngineOptions(), "engine, eager graph": EngineOptions(graph="eager"),
+                "engine, no oneDNN fusion": EngineOptions(onednn_fusion=False),
+                "engine, run-time padding": EngineOptions(static_padding=False),
                 "engine, one multi-threaded pass": EngineOptions(cpu_streams=False)}
     for name, options in variants.items():
         model, info = load_classifier(checkpoint, torch.device("cpu"), options.channels_last)

@@ -40,6 +40,15 @@ def default_checkpoint() -> Path:
     return DEFAULT_CHECKPOINT
 
 
+@pytest.fixture(scope="session")
+def handler(default_checkpoint, tmp_path_factory):
+    """One initialised handler for every test that only reads it: batchSize 8, the default
+    settings, archived as version 2.5 (`make mar VERSION=2.5`) from the checkpoint saved as 1.0."""
+    from tests.handler_harness import load_handler
+
+    return load_handler(default_checkpoint, tmp_path_factory.mktemp("model"), batch_size=8, version="2.5")
+
+
 def jpeg_bytes(img, **kwargs) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", **kwargs)

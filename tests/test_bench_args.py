@@ -131,7 +131,8 @@ def test_model_alone_times_the_eager_model_and_the_handlers_engine_on_the_same_n
     finally:
         torch.set_num_threads(before)
     assert [n for n in setups if n.startswith("eager contiguous")] == [f"eager contiguous batch {b}" for b in (1, 2, 4, 8, 16)]
-    engines = ["engine as served (batch 8)", "engine, run-time padding (batch 8)", "engine, one multi-threaded pass (batch 8)"]
+    engines = [f"engine{name} (batch 8)" for name in (" as served", ", eager graph", ", no oneDNN fusion",
+                                                      ", run-time padding", ", one multi-threaded pass")]
     assert [n for n in setups if n.startswith("engine")] == engines
     eager, _, _ = setups["eager contiguous batch 8"]
     run, pixels, batch = setups[engines[0]]
@@ -141,6 +142,7 @@ def test_model_alone_times_the_eager_model_and_the_handlers_engine_on_the_same_n
     for name in engines:
         got = setups[name][0](pixels).logits
         torch.testing.assert_close(got, expected, atol=1e-3 * float(expected.abs().max()), rtol=0, msg=name)
-    assert setups[engines[0]][0].__self__.describe()["static_padding_convs"] == 5
-    assert setups[engines[1]][0].__self__.describe()["static_padding_convs"] == 0
-    assert setups[engines[2]][0].__self__.describe()["cpu_streams"] is None
+    described = [setups[name][0].__self__.describe() for name in engines]
+    assert [d["graph"] for d in described] == ["frozen", "eager", "frozen", "frozen", "frozen"]
+    assert [d["static_padding_convs"] for d in described] == [5, 5, 5, 0, 5]
+    assert [d["cpu_streams"] for d in described] == [2, 2, 2, 2, None]

@@ -143,9 +143,9 @@ def test_eager_model_file_needs_labels_and_recipe(tmp_path):
     assert out.returncode == 2 and "--recipe" in out.stderr
 
 
-def test_int8_linear_quantization_keeps_top1_on_the_photos(default_checkpoint, tmp_path, photos):
+def test_int8_linear_quantization_keeps_top1_on_the_photos(default_checkpoint, handler, tmp_path, photos):
     names = [n for n, ok in labelled_photos().items() if ok]
-    plain = load_handler(default_checkpoint, tmp_path / "a")
+    plain = handler
     quant = load_handler(default_checkpoint, tmp_path / "b", config={"handler": {"quantize_int8": True}})
     assert quant.describe_handle()["int8_linear"] is True
     assert quant.engine.graph.kind == "frozen", quant.engine.graph.note  # dynamic int8 Linear traces and freezes

@@ -8,11 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from handlers.model.checkpoint import load_classifier
 from handlers.model.graph import build_graph, check_same, example_inputs, resolve_mode
-from handlers.request.decoding import decode_image
-from handlers.model.recipe import normalize
-from handlers.request.pixels import recipe_pixels
 from handlers.settings import Settings
 from tests.conftest import labelled_photos
 from tests.handler_harness import load_handler, run_batch
@@ -83,21 +79,6 @@ def test_check_same_refuses_shape_and_value_changes():
         check_same(ref, torch.zeros(2, 2), "b")
     with pytest.raises(ValueError, match="logit difference"):
         check_same(ref, ref + 0.1, "c")
-
-
-@pytest.mark.parametrize("onednn_fusion", [False, True])
-def test_frozen_default_model_matches_eager_on_every_photo(default_checkpoint, photos, onednn_fusion):
-    model, info = load_classifier(default_checkpoint, CPU, channels_last=True)
-    inputs = example_inputs([1, 4], info.recipe.crop_size, lambda p: normalize(p, info.recipe), True, CPU)
-    graph = build_graph(model, "freeze", inputs, onednn_fusion=onednn_fusion)
-    assert graph.kind == "frozen", graph.note
-    pixels = torch.stack([recipe_pixels(decode_image(photos[n], 10**8), info.recipe) for n in labelled_photos()])
-    x = normalize(pixels, info.recipe).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        eager = model(x)
-        frozen = [graph.module(x) for _ in range(3)][-1]  # fused from the second run on
-    assert torch.equal(eager.argmax(1), frozen.argmax(1))
-    assert (eager - frozen).abs().max() < 1e-3
 
 
 def test_eager_setting_serves_the_eager_module_with_the_same_labels(default_checkpoint, photos, tmp_path):

@@ -14,11 +14,6 @@ from tests.conftest import labelled_photos
 from tests.handler_harness import load_handler, run_batch
 
 
-@pytest.fixture(scope="module")
-def handler(default_checkpoint, tmp_path_factory):
-    # archived as 2.5 (make mar VERSION=2.5) from the default checkpoint, which says 1.0
-    return load_handler(default_checkpoint, tmp_path_factory.mktemp("model"), batch_size=8, version="2.5")
-
 
 def test_initialize_puts_model_in_eval_on_cpu_and_warms_up(handler):
     assert handler.initialized and handler.device == torch.device("cpu")

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def loggers() -> dict[str, str]:
-    tree = ElementTree.parse(ROOT / "log4j2.xml")
+    tree = ElementTree.parse(ROOT / "tsctl" / "log4j2.xml")
     return {el.get("name"): el.get("level") for el in tree.getroot().iter("Logger")}
 
 
@@ -24,7 +24,7 @@ def test_per_request_frontend_lines_are_off():
 
 
 def test_make_serve_and_local_server_use_it():
-    assert "--log-config log4j2.xml" in (ROOT / "Makefile").read_text()
+    assert "--log-config tsctl/log4j2.xml" in (ROOT / "Makefile").read_text()
     from tsctl.local_server import LOG_CONFIG
 
-    assert LOG_CONFIG == ROOT / "log4j2.xml"
+    assert LOG_CONFIG == ROOT / "tsctl" / "log4j2.xml" and LOG_CONFIG.exists()  # package data, not the checkout

@@ -6,24 +6,16 @@ import pytest
 
 from tests.conftest import labelled_photos
 from tests.corpus import as_request, bad_cases, edge_case_encodings
-from tests.handler_harness import load_handler, run_batch
+from tests.handler_harness import run_batch
 
 ROBUST_PHOTOS = ["dog1.jpg", "croco.jpg", "dog2.jpg"]  # confident photos: encodings must not flip them
 
-
-@pytest.fixture(scope="module")
-def handler(default_checkpoint, tmp_path_factory):
-    return load_handler(default_checkpoint, tmp_path_factory.mktemp("model"), batch_size=8)
 
 
 @pytest.fixture(scope="module")
 def corpus(photos):
     return bad_cases(photos["dog1.jpg"])
 
-
-def test_corpus_is_large_enough(corpus):
-    assert len(corpus) >= 30
-    assert {c.code for c in corpus} == {400, 413, 415}
 
 
 def test_each_bad_input_gets_its_typed_4xx_between_two_good_ones(handler, corpus, photos):

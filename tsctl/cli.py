@@ -149,8 +149,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("rollout", help="register NEW.mar beside the default, gate it on a golden set, promote, watch")
     p.add_argument("model")
     p.add_argument("mar", type=Path)
-    p.add_argument("--golden", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "images",
-                   help="folder of golden images (default: ../shared/images of the checkout)")
+    p.add_argument("--golden", type=Path, required=True,
+                   help="folder of golden images, run through both versions (e.g. a sample of real traffic)")
     p.add_argument("--model-store", type=Path, default=Path("model_store"), help="the server's model store")
     p.add_argument("--workers", type=int, default=1, help="workers for the new version")
     p.add_argument("--min-agreement", type=float, default=0.95, help="share of golden top-1s the new version must keep")

@@ -18,7 +18,7 @@ from tsctl.keys import bearer, read_keys
 
 LAUNCH = "import sys; from ts.model_server import start; sys.exit(start())"
 # The project's production logging (no per-request DEBUG lines); None = TorchServe's built-in file.
-LOG_CONFIG = Path(__file__).resolve().parents[1] / "log4j2.xml"
+LOG_CONFIG = Path(__file__).resolve().parent / "log4j2.xml"  # package data
 
 
 def free_port() -> int:

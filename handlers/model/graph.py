@@ -1,8 +1,9 @@
 """How the network runs: eager, a frozen TorchScript graph (CPU), or torch.compile.
 
 `freeze` traces the eager model, freezes it (batch-norm folded into the convolutions,
-constants propagated) and keeps it only if it matches the eager model at every batch size
-the worker can be handed; anything else falls back to eager with the reason logged. Nothing
+constants propagated) and keeps it only if it matches the eager model at 1, 2, half and all of
+the largest pass the engine runs; anything else falls back to eager with the reason logged
+(and a graph that fails at warm-up on another size is replaced the same way). Nothing
 here changes what the model computes beyond float rounding.
 """
 
@@ -40,9 +41,9 @@ def resolve_mode(mode: str, device: torch.device, autocast: bool) -> str:
     return mode
 
 
-def verification_sizes(batch_size: int) -> list[int]:
-    """Batch sizes a frozen or compiled graph is checked against eager at before serving."""
-    return sorted({1, 2, max(1, batch_size // 2), batch_size})
+def verification_sizes(largest_pass: int) -> list[int]:
+    """Pass sizes a frozen or compiled graph is checked against eager at before serving."""
+    return sorted({1, min(2, largest_pass), max(1, largest_pass // 2), largest_pass})
 
 
 def build_graph(model: nn.Module, mode: str, inputs: list[torch.Tensor], precision=nullcontext,
