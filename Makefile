@@ -16,9 +16,10 @@ PYTEST_ARGS ?=
 CPU_WORKERS ?= 1
 CPU_THREADS ?=
 # A worker's OpenMP threads spin this long (libgomp busy-wait iterations: a fraction of a
-# millisecond) between the forward pass's operators before they sleep. OMP_WAIT_POLICY=PASSIVE
-# (no spinning) made the model alone 10-45% slower here; libgomp's default (300000) spins 30
-# times longer, on cores that other workers may need (docs/PERFORMANCE.md, "OpenMP spinning").
+# millisecond) between the forward pass's operators before they sleep: sleeping after every
+# operator (OMP_WAIT_POLICY=PASSIVE) slows single requests, and libgomp's default (300000) spins
+# 30 times longer, on cores that other workers may need. Compare on your host with
+# make bench BENCH_ARGS="--handlers ours --sizes 500x375" SERVE_OMP_ENV=OMP_WAIT_POLICY=PASSIVE.
 SERVE_OMP_ENV ?= GOMP_SPINCOUNT=10000
 
 .PHONY: serve stop mar test bench install java wrk clean

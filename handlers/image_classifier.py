@@ -20,6 +20,7 @@ from handlers.model.checkpoint import load_classifier
 from handlers.model.device import select_device, single_threaded_torch
 from handlers.model.engine import Engine
 from handlers.request.answers import Decoded, answers
+from handlers.request.budget import DecodeBudget, release_freed_memory
 from handlers.request.errors import InputError
 from handlers.request.payload import extract_payload, parse_topk
 from handlers.request.pixels import image_pixels
@@ -27,6 +28,7 @@ from handlers.settings import Settings
 
 logger = logging.getLogger(__name__)
 TOPK_HEADER = "x-topk"
+TRIM_AFTER_PIXELS = 16_000_000  # a batch that decoded more gives the freed heap back afterwards
 
 
 class ImageClassifier(BaseHandler):
@@ -48,6 +50,8 @@ class ImageClassifier(BaseHandler):
         # parallel; each decoding thread runs torch single-threaded (see single_threaded_torch).
         self.decoders = ThreadPoolExecutor(self.settings.decode_threads or torch.get_num_threads(),
                                            thread_name_prefix="decode", initializer=single_threaded_torch)
+        # one image at the pixel limit decodes at a time (README, "Configuration": its memory)
+        self.budget = DecodeBudget(self.settings.max_image_pixels)
         self.metrics = HandlerMetrics(None, context.model_name)
         self.requests_served = 0
         self.ready_after_s = round(time.time() - psutil.Process().create_time(), 1)
@@ -66,6 +70,8 @@ class ImageClassifier(BaseHandler):
         for request in requests:
             if isinstance(request, InputError):
                 self.metrics.input_error(request.type)
+        if self.budget.take_decoded() > TRIM_AFTER_PIXELS:
+            release_freed_memory()
         self.metrics.batch(len(data))
         self.metrics.stage("decode", (time.perf_counter() - start) * 1000)
         return requests
@@ -76,8 +82,8 @@ class ImageClassifier(BaseHandler):
             payload = extract_payload(item, s.max_body_bytes)
             requested = payload.topk if payload.topk is not None else self._header(idx, TOPK_HEADER)
             topk = parse_topk(requested, s.topk, min(s.max_topk, len(self.info.labels)))
-            pixels = image_pixels(payload.image, s.max_image_pixels, self.info.recipe,
-                                  draft=s.enabled("jpeg_draft"), torchcodec=s.enabled("torchcodec"))
+            pixels = image_pixels(payload.image, s.max_image_pixels, self.info.recipe, draft=s.enabled("jpeg_draft"),
+                                  torchcodec=s.enabled("torchcodec"), budget=self.budget)
             return Decoded(pixels, topk)
         except InputError as err:
             return err

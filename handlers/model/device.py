@@ -32,8 +32,8 @@ def single_threaded_torch() -> None:
     region gets its own team of `torch.get_num_threads()` OpenMP threads. Decoding threads that
     resize with torch would each add a team, the process would hold more OpenMP threads than
     cores, and libgomp then stops spinning between operators: the forward pass's OpenMP thread
-    sleeps and wakes on every operator (docs/PERFORMANCE.md, "OpenMP spinning"). One torch
-    thread per decoding thread keeps a single team, the forward pass's. Decoding threads work
+    sleeps and wakes on every operator. One torch thread per decoding thread keeps a single
+    team, the forward pass's. Decoding threads work
     on different images, so nothing is lost to running each serially. Threads that already
     ran torch (the worker's main thread) keep their count; threads that first use torch after
     this call start with one (torch keeps the last count set as the default for new threads).

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from ..model.recipe import Recipe
+from .budget import DecodeBudget
 from .decoding import draft_jpeg, jpeg_tensor, load_rgb, open_image
 
 _INTERPOLATION = {
@@ -15,8 +18,10 @@ _INTERPOLATION = {
     "bicubic": F.InterpolationMode.BICUBIC,
     "lanczos": F.InterpolationMode.LANCZOS,
 }
+
+
 def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = True,
-                 torchcodec: bool = True) -> torch.Tensor:
+                 torchcodec: bool = True, budget: DecodeBudget | None = None) -> torch.Tensor:
     """Encoded image -> the recipe's uint8 tensor [3, crop, crop]: what the handler serves.
 
     JPEGs that DCT scaling would not shrink (a side under twice the resize size) and whose
@@ -24,25 +29,25 @@ def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = Tru
     as Pillow's, without Pillow's copy into the tensor, which holds the GIL (handlers/request/decoding.py).
     Everything else, anything TorchCodec refuses, and everything when `torchcodec` is False
     takes Pillow's path, whose checks and error messages stay the only ones a client sees.
+    With `budget`, the pixels to decode (after DCT scaling) are held from it while decoding.
     """
     img = open_image(data, max_pixels)
     size = img.size
     if draft:
         draft_jpeg(img, recipe.resize_size)
-    if torchcodec and img.size == size and recipe.interpolation in TENSOR_RESIZE:
-        pixels = jpeg_tensor(img, data)
-        if pixels is not None:
-            return _resize_crop(pixels, recipe)
-    return recipe_pixels(load_rgb(img, max_pixels), recipe)
-
+    with budget.hold(img.size[0] * img.size[1]) if budget else nullcontext():
+        if torchcodec and img.size == size and recipe.interpolation in TENSOR_RESIZE:
+            pixels = jpeg_tensor(img, data)
+            if pixels is not None:
+                return _resize_crop(pixels, recipe)
+        return recipe_pixels(load_rgb(img, max_pixels), recipe)
 
 
 MAX_ASPECT = 4  # longer panoramas are center-cropped to 4:1 first (same output, bounded memory)
 
 
 # Resized as uint8 tensors by torch's antialiased SIMD kernels: within 5 levels of Pillow's
-# resize, mean difference < 0.3 (tests/test_pixels.py), in about half its time
-# (docs/PERFORMANCE.md). Other interpolations go through Pillow.
+# resize, mean difference < 0.3 (tests/test_pixels.py); other interpolations go through Pillow.
 TENSOR_RESIZE = ("bilinear", "bicubic")
 
 
