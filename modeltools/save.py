@@ -14,6 +14,7 @@ from handlers.model.checkpoint import FORMAT
 from handlers.model.programs import META
 from handlers.model.recipe import Recipe
 
+
 def save_checkpoint(path, state_dict: dict, architecture: str, recipe: Recipe, labels, version: str) -> None:
     """Write one dict of plain types and tensors, loadable with torch.load(weights_only=True)."""
     labels = [str(x) for x in labels]

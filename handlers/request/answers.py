@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InputError
-
 
 @dataclass(frozen=True)
 class Decoded:
