@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from .model.engine import PRECISIONS, EngineOptions
 from .model.graph import MODES
@@ -23,7 +23,7 @@ class Settings:
     cpu_threads: int = 0  # torch threads per CPU worker; 0 = OMP_NUM_THREADS if set, else one per core
     decode_threads: int = 0  # images of a batch decoded at once; 0 = one per torch thread of the worker
     quantize_int8: bool = False  # CPU only: dynamic int8 quantization of nn.Linear layers
-    disable: tuple = field(default_factory=tuple)  # diagnostics: names from OPTIMIZATIONS to turn off
+    disable: tuple = ()  # diagnostics: names from OPTIMIZATIONS to turn off
 
     @classmethod
     def from_model_yaml(cls, model_yaml_config: dict | None) -> "Settings":

@@ -295,9 +295,9 @@ def main(argv=None) -> int:
 def worker_ready_s(server: TorchServe, model: str, workers: int) -> float:
     """Seconds from a fresh worker process's start to ready: the workers started with the server
     are replaced (scaled to 0, then back, while nothing else loads) and a new one reports it."""
-    for workers in (0, workers):
+    for count in (0, workers):
         server.client.management("PUT", f"/models/{model}", params={
-            "min_worker": workers, "max_worker": workers, "synchronous": "true"}).raise_for_status()
+            "min_worker": count, "max_worker": count, "synchronous": "true"}).raise_for_status()
     desc = server.client.management("GET", f"/models/{model}", params={"customized": "true"}).json()[0]
     health = desc["customizedMetadata"]
     return float((json.loads(health) if isinstance(health, str) else health)["ready_after_s"])

@@ -131,16 +131,13 @@ class Engine:
             return self._warm_up()
 
     def _warm_up(self) -> int:
-        """Every pass shape a batch can produce, in every thread that runs passes: kernels are
-        picked per shape on first use, a frozen graph specialises on its second run, a compiled
-        one compiles per shape."""
+        """Every batch size the worker can be handed, so every pass shape in every thread that
+        runs passes: kernels are picked per shape on first use, a frozen graph specialises on
+        its second run, a compiled one compiles per shape."""
         start = time.perf_counter()
         for _ in range(1 if self.graph.kind == "eager" else 2):
-            for n in range(1, self.chunk + 1):
-                self._pass(self._zeros(n))
-            if self.streams:
-                for n in range(self.stream_count, self.stream_count * self.chunk + 1, self.stream_count):
-                    self._in_streams(self._zeros(n))
+            for n in range(1, self.batch_size + 1):
+                self._passes(self._zeros(n))
         return round((time.perf_counter() - start) * 1000)
 
     def _zeros(self, n: int) -> torch.Tensor:
@@ -153,21 +150,22 @@ class Engine:
         start = time.perf_counter()
         if self.device.type == "cuda":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-        if self.streams and len(pixels) >= self.stream_count:
-            logits, splits = self._in_streams(pixels)
-        else:
-            parts = [self._pass(p) for p in torch.tensor_split(pixels, -(-len(pixels) // self.chunk))]
-            logits, splits = torch.cat([p[0] for p in parts]), sum(p[1] for p in parts)
+        logits, splits = self._passes(pixels)
         with self._lock:
             self.runs += 1
             self.images += len(pixels)
             self.oom_splits += splits
         return Run(logits, round((time.perf_counter() - start) * 1000, 2), splits)
 
-    def _in_streams(self, pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Chunks of at most `chunk` images, at least one per stream, taken by streams as they come free."""
-        parts = max(min(self.stream_count, len(pixels)), -(-len(pixels) // self.chunk))
-        results = list(self.streams.map(self._pass, torch.tensor_split(pixels, parts)))
+    def _passes(self, pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The batch in passes of at most `chunk` images, as even as possible -> (logits, OOM
+        splits). On the streams, at least one pass per stream, taken as streams come free."""
+        parts = -(-len(pixels) // self.chunk)
+        on_streams = self.streams is not None and len(pixels) >= self.stream_count
+        if on_streams:
+            parts = max(parts, self.stream_count)
+        chunks = torch.tensor_split(pixels, parts)
+        results = list(self.streams.map(self._pass, chunks) if on_streams else map(self._pass, chunks))
         return torch.cat([r[0] for r in results]), sum(r[1] for r in results)
 
     def _precision(self):
