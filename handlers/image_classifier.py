@@ -22,8 +22,9 @@ from handlers.model.engine import Engine
 from handlers.request.answers import Decoded, answers
 from handlers.request.budget import DecodeBudget, release_freed_memory
 from handlers.request.errors import InputError
-from handlers.request.payload import extract_payload, parse_topk
-from handlers.request.pixels import image_pixels
+from handlers.request.payload import parse_topk
+from handlers.request.pixels import image_pixels, tensor_pixels
+from handlers.request.protocols import Limits, Request, read_request, response
 from handlers.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ class ImageClassifier(BaseHandler):
                                            thread_name_prefix="decode", initializer=single_threaded_torch)
         # one image at the pixel limit decodes at a time (README, "Configuration": its memory)
         self.budget = DecodeBudget(self.settings.max_image_pixels)
+        self.limits = Limits(self.settings.max_body_bytes, self.settings.max_images_per_request,
+                             self.settings.max_image_pixels)
+        self.model_name = context.model_name
         self.metrics = HandlerMetrics(None, context.model_name)
         self.requests_served = 0
         self.ready_after_s = round(time.time() - psutil.Process().create_time(), 1)
@@ -64,61 +68,81 @@ class ImageClassifier(BaseHandler):
         return super().handle(data, context)
 
     def preprocess(self, data):
-        """Each request on its own: a Decoded, or the InputError to answer it with."""
+        """Each request on its own, in any protocol: (Request, Decoded or the InputError to answer)."""
         start = time.perf_counter()
-        requests = list(self.decoders.map(self._decode, range(len(data)), data))
+        requests = list(self.decoders.map(self._read, range(len(data)), data))
+        # every image of every request decodes in parallel, so a request of N images takes one turn
+        jobs = [image for r in requests if r.error is None for image in r.images]
+        pixels = iter(self.decoders.map(self._decode, jobs))
+        decoded = []
         for request in requests:
-            if isinstance(request, InputError):
-                self.metrics.input_error(request.type)
+            results = [next(pixels) for _ in request.images] if request.error is None else []
+            bad = next((i for i, p in enumerate(results) if isinstance(p, InputError)), None)
+            if bad is not None:
+                request.error = request.element_error(bad, results[bad])
+            if request.error is not None:
+                self.metrics.input_error(request.error.type)
+            decoded.append((request, request.error or Decoded(results, request.topk)))
         if self.budget.take_decoded() > TRIM_AFTER_PIXELS:
             release_freed_memory()
         self.metrics.batch(len(data))
         self.metrics.stage("decode", (time.perf_counter() - start) * 1000)
-        return requests
+        return decoded
 
-    def _decode(self, idx: int, item) -> Decoded | InputError:
+    def _read(self, idx: int, item) -> Request:
+        s = self.settings
+        headers = self._headers(idx)
+        request = read_request(item, headers.get, self.limits)
+        if request.error is None:
+            requested = request.topk if request.topk is not None else headers.get(TOPK_HEADER)
+            try:
+                request.topk = parse_topk(requested, s.topk, min(s.max_topk, len(self.info.labels)))
+            except InputError as err:
+                request.error = err
+        return request
+
+    def _decode(self, image) -> torch.Tensor | InputError:
         s = self.settings
         try:
-            payload = extract_payload(item, s.max_body_bytes)
-            requested = payload.topk if payload.topk is not None else self._header(idx, TOPK_HEADER)
-            topk = parse_topk(requested, s.topk, min(s.max_topk, len(self.info.labels)))
-            pixels = image_pixels(payload.image, s.max_image_pixels, self.info.recipe, draft=s.enabled("jpeg_draft"),
-                                  torchcodec=s.enabled("torchcodec"), budget=self.budget)
-            return Decoded(pixels, topk)
+            if isinstance(image, torch.Tensor):
+                return tensor_pixels(image, self.info.recipe)
+            return image_pixels(image, s.max_image_pixels, self.info.recipe, draft=s.enabled("jpeg_draft"),
+                                torchcodec=s.enabled("torchcodec"), budget=self.budget)
         except InputError as err:
             return err
         except Exception as exc:  # a decoder bug must not cost the rest of the batch
-            logger.exception("request %d: unexpected error while decoding", idx)
+            logger.exception("unexpected error while decoding an image")
             return InputError(400, "undecodable_input", f"The input could not be decoded: {exc}.")
 
-    def _header(self, idx: int, name: str):
+    def _headers(self, idx: int) -> dict:
         if not getattr(self.context, "request_processor", None):
-            return None
-        headers = self.context.get_all_request_header(idx) or {}
-        return next((v for k, v in headers.items() if k.lower() == name), None)
+            return {}
+        return {k.lower(): v for k, v in (self.context.get_all_request_header(idx) or {}).items()}
 
-    def inference(self, requests, *args, **kwargs):
-        good = [r.pixels for r in requests if isinstance(r, Decoded)]
+    def inference(self, decoded, *args, **kwargs):
+        good = [p for _, d in decoded if isinstance(d, Decoded) for p in d.pixels]
         if not good:
-            return requests, None
+            return decoded, None
         run = self.engine.run(torch.stack(good))
         self.metrics.stage("inference", run.ms)
         self.metrics.oom_splits(run.oom_splits)
-        return requests, run.logits
+        return decoded, run.logits
 
     def postprocess(self, inferred):
         start = time.perf_counter()
-        requests, logits = inferred
+        decoded, logits = inferred
+        results = answers([d for _, d in decoded], logits, self.info.labels)
         out = []
-        for idx, answer in enumerate(answers(requests, logits, self.info.labels)):
+        for idx, ((request, _), result) in enumerate(zip(decoded, results)):
+            body, headers = response(request, result, self.model_name, self.version)
             if getattr(self.context, "request_processor", None):
-                self.context.set_response_content_type(idx, "application/json")
-            if isinstance(answer, InputError):
-                self.context.set_response_status(answer.code, answer.reason(), idx)
-                answer = answer.to_body()
+                for key, value in headers.items():
+                    self.context.set_response_header(idx, key, value)
+            if isinstance(result, InputError):
+                self.context.set_response_status(result.code, result.reason(), idx)
             else:
                 self.requests_served += 1
-            out.append(answer)
+            out.append(body)
         self.metrics.stage("postprocess", (time.perf_counter() - start) * 1000)
         return out
 

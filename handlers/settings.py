@@ -18,6 +18,7 @@ class Settings:
     max_topk: int = 100
     max_image_pixels: int = 50_000_000  # checked from the header, before decoding
     max_body_bytes: int = 24 * 1024 * 1024  # image bytes; TorchServe's max_request_size: 4/3 of this + 1 MiB
+    max_images_per_request: int = 64  # images in one KServe v1 or OIP request
     precision: str = "auto"  # auto (float16 autocast on CUDA, float32 on CPU), float32, float16, bfloat16
     graph: str = "auto"  # auto (frozen on CPU in float32, eager otherwise), eager, freeze, compile
     cpu_threads: int = 0  # torch threads per CPU worker; 0 = OMP_NUM_THREADS if set, else one per core
@@ -49,6 +50,8 @@ class Settings:
             raise ValueError(f"handler setting graph must be one of {MODES}, got {settings.graph!r}")
         if settings.cpu_threads < 0 or settings.decode_threads < 0:
             raise ValueError("handler settings cpu_threads and decode_threads must be >= 0 (0: the default)")
+        if settings.max_images_per_request < 1:
+            raise ValueError("handler setting max_images_per_request must be >= 1")
         if not 1 <= settings.topk <= settings.max_topk:
             raise ValueError(f"handler setting topk must be in 1..max_topk ({settings.max_topk})")
         return settings

@@ -33,8 +33,8 @@ def load_handler(checkpoint: Path, tmp_dir: Path, config: dict | None = None, ba
 
 
 class Answer:
-    def __init__(self, status: int, phrase: str, body):
-        self.status, self.phrase, self.body = status, phrase, body
+    def __init__(self, status: int, phrase: str, body, headers: dict | None = None):
+        self.status, self.phrase, self.body, self.headers = status, phrase, body, headers or {}
 
     def __repr__(self):
         return f"Answer({self.status}, {self.body!r:.120})"
@@ -52,7 +52,7 @@ def run_batch(handler, items: list[dict], headers: list[dict] | None = None) -> 
     answers = []
     for idx, body in enumerate(out):
         code, phrase = context.get_response_status(idx)
-        answers.append(Answer(code or 200, phrase or "", body))
+        answers.append(Answer(code or 200, phrase or "", body, context.get_response_headers(idx)))
     return answers
 
 

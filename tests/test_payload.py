@@ -25,7 +25,6 @@ LIMIT = 1 << 20
         {"body": {"image": B64.decode()}},
         {"body": {"data": B64.decode()}},
         {"body": [{"image": B64.decode()}]},
-        {"body": {"instances": [{"b64": B64.decode()}]}},
         {"body": json.dumps({"image": B64.decode()}).encode()},
     ],
 )

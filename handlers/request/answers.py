@@ -9,18 +9,18 @@ import torch
 
 @dataclass(frozen=True)
 class Decoded:
-    """One request ready for the engine: its pixels and how many labels it asked for."""
+    """One request ready for the engine: its images' pixels and how many labels it asked for."""
 
-    pixels: torch.Tensor  # uint8 [3, crop, crop]
+    pixels: list  # uint8 [3, crop, crop] per image
     topk: int
 
 
 def answers(requests: list, logits: torch.Tensor | None, labels) -> list:
-    """Per request (a Decoded or an InputError): its top-k list, or its InputError unchanged.
-    `logits` holds one row per Decoded request, in order."""
-    good = [r for r in requests if isinstance(r, Decoded)]
-    rows = iter(top_k(logits, labels, [r.topk for r in good]) if good else [])
-    return [next(rows) if isinstance(r, Decoded) else r for r in requests]
+    """Per request (a Decoded or an InputError): one top-k list per image, or its InputError
+    unchanged. `logits` holds one row per image of the Decoded requests, in order."""
+    ks = [r.topk for r in requests if isinstance(r, Decoded) for _ in r.pixels]
+    rows = iter(top_k(logits, labels, ks) if ks else [])
+    return [[next(rows) for _ in r.pixels] if isinstance(r, Decoded) else r for r in requests]
 
 
 def top_k(logits: torch.Tensor, labels, ks: list[int]) -> list[list[dict]]:

@@ -21,6 +21,10 @@ class InputError(Exception):
         """The JSON body answered to the client: the full message, any Unicode in it kept."""
         return {"code": self.code, "type": self.type, "message": self.message}
 
+    def to_kserve_body(self) -> dict:
+        """The body for KServe's protocols (v1 and the Open Inference Protocol): {"error": ...}."""
+        return {"error": self.message, "code": self.code, "type": self.type}
+
     def reason(self) -> str:
         """The HTTP reason phrase handed to TorchServe: printable ASCII only, one line, bounded.
 

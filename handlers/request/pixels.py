@@ -43,6 +43,13 @@ def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = Tru
         return recipe_pixels(load_rgb(img, max_pixels), recipe)
 
 
+def tensor_pixels(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """uint8 [3, H, W] pixels a client decoded itself -> the recipe's [3, crop, crop]."""
+    if recipe.interpolation in TENSOR_RESIZE:
+        return _resize_crop(pixels, recipe)
+    return reference_pixels(F.to_pil_image(pixels), recipe)
+
+
 MAX_ASPECT = 4  # longer panoramas are center-cropped to 4:1 first (same output, bounded memory)
 
 

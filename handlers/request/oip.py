@@ -1,0 +1,203 @@
+"""The Open Inference Protocol (KServe v2) over REST: its request -> images, answers -> its response.
+
+Spec: https://github.com/kserve/open-inference-protocol (rest_predict_v2.yaml). One input holds
+the images: datatype BYTES, shape [N] (or [N, 1]), each element an encoded image, as base64 text
+in JSON or raw in the binary tensor extension (each element a 4-byte little-endian length, then
+its bytes); or datatype UINT8, shape [N, H, W, 3], pixels a client decoded itself. Answers hold
+`label` (BYTES [N, k]), `probability` (FP32 [N, k]) and `index` (INT64 [N, k]), in JSON or, when
+asked for, in the binary extension.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import torch
+
+from .errors import InputError, bad_request, too_large
+from .payload import decode_base64, image_bytes
+
+OUTPUTS = ("label", "probability", "index")
+DATATYPES = {"label": "BYTES", "probability": "FP32", "index": "INT64"}
+_STRUCT = {"probability": "f", "index": "q"}
+
+
+def parse(doc: dict, binary: memoryview | None, limits) -> dict:
+    """An OIP request (its JSON part and the bytes after it) -> the fields of a Request."""
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
+        raise bad_request("bad_oip_request", '"inputs" must be a non-empty list of tensors.')
+    if len(inputs) != 1:
+        names = [i.get("name") for i in inputs][:8]
+        raise bad_request("bad_oip_request", f"This model takes one input, the images; got {len(inputs)}: {names}.")
+    tensor = inputs[0]
+    params = _params(doc)
+    outputs, binary_out = _outputs(doc, params)
+    data = _data(tensor, binary)
+    datatype, shape = tensor.get("datatype"), _shape(tensor.get("shape"))
+    if datatype == "BYTES":
+        images = _encoded_images(data, shape, limits)
+    elif datatype == "UINT8":
+        images = _pixel_images(data, shape, limits)
+    else:
+        raise bad_request("unsupported_datatype", f"The input's datatype must be BYTES (encoded images) or "
+                                                  f"UINT8 (pixels [N, H, W, 3]), got {str(datatype)[:40]!r}.")
+    topk = params.get("topk", (tensor.get("parameters") or {}).get("topk"))
+    request_id = doc.get("id")
+    return {"images": images, "topk": topk, "id": None if request_id is None else str(request_id),
+            "outputs": outputs, "binary": binary_out}
+
+
+def _params(doc: dict) -> dict:
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise bad_request("bad_oip_request", '"parameters" must be an object.')
+    return params
+
+
+def _outputs(doc: dict, params: dict) -> tuple[tuple, frozenset]:
+    requested = doc.get("outputs")
+    all_binary = params.get("binary_data_output") is True
+    if requested is None:
+        return OUTPUTS, frozenset(OUTPUTS if all_binary else ())
+    if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+        raise bad_request("bad_oip_request", '"outputs" must be a list of {"name": ...} objects.')
+    names = [o.get("name") for o in requested]
+    unknown = [n for n in names if n not in OUTPUTS]
+    if unknown or not names:
+        raise bad_request("unknown_output", f"This model's outputs are {list(OUTPUTS)}; asked for {names[:8]}.")
+    binary = {o["name"] for o in requested if (o.get("parameters") or {}).get("binary_data", all_binary) is True}
+    return tuple(dict.fromkeys(names)), frozenset(binary)
+
+
+def _shape(shape) -> list[int]:
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise bad_request("bad_shape", f'The input\'s "shape" must be a list of non-negative integers, got {shape!r:.60}.')
+    return shape
+
+
+def _data(tensor: dict, binary: memoryview | None):
+    """The input's data: a JSON list, or its bytes from the binary part."""
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is None:
+        if "data" not in tensor:
+            raise bad_request("missing_data", 'The input has neither "data" nor parameters.binary_data_size.')
+        return tensor["data"]
+    if binary is None or not isinstance(size, int) or size < 0 or size > len(binary):
+        raise bad_request("bad_binary_data", f"binary_data_size {size!r} does not fit the "
+                                             f"{0 if binary is None else len(binary)} bytes after the JSON header.")
+    return binary[:size]
+
+
+def _count(shape: list[int], limits, per_image: int = 1) -> int:
+    n = math.prod(shape) // per_image if per_image else 0
+    if n < 1:
+        raise bad_request("bad_shape", f"The input holds no image (shape {shape}).")
+    if n > limits.max_images:
+        raise too_large("too_many_images", f"A request may hold at most {limits.max_images} images; this one holds {n}.")
+    return n
+
+
+def _encoded_images(data, shape: list[int], limits) -> list[bytes]:
+    n = _count(shape, limits)
+    if isinstance(data, memoryview):
+        elements = _bytes_elements(data)
+        to_image = lambda e: image_bytes(e, limits.max_bytes)  # noqa: E731  raw image, or base64 in binary
+    else:
+        elements = _flatten(data)
+        if not all(isinstance(e, str) for e in elements):
+            raise bad_request("bad_data", "BYTES data in JSON must be base64 strings, one per image.")
+        to_image = lambda e: decode_base64(e.encode(), limits.max_bytes)  # noqa: E731
+    if len(elements) != n:
+        raise bad_request("bad_shape", f"The input's shape {shape} holds {n} elements; its data holds {len(elements)}.")
+    images = []
+    for i, element in enumerate(elements):
+        try:
+            images.append(to_image(element))
+        except InputError as err:
+            raise InputError(err.code, err.type, f"input element {i} of {n}: {err.message}") from None
+    return images
+
+
+def _bytes_elements(data: memoryview) -> list[bytes]:
+    """The binary extension's BYTES tensor: elements as 4-byte little-endian length + bytes."""
+    elements, offset = [], 0
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise bad_request("bad_binary_data", "The binary BYTES data ends inside an element's length.")
+        (size,) = struct.unpack_from("<I", data, offset)
+        offset += 4
+        if offset + size > len(data):
+            raise bad_request("bad_binary_data", f"A binary BYTES element says {size} bytes; {len(data) - offset} remain.")
+        elements.append(bytes(data[offset:offset + size]))
+        offset += size
+    return elements
+
+
+def _flatten(data) -> list:
+    if not isinstance(data, list):
+        return [data]
+    if any(isinstance(d, list) for d in data):
+        return [e for d in data for e in _flatten(d)]
+    return data
+
+
+def _pixel_images(data, shape: list[int], limits) -> list[torch.Tensor]:
+    if len(shape) == 3:
+        shape = [1, *shape]
+    if len(shape) != 4 or shape[3] != 3:
+        raise bad_request("bad_shape", f"UINT8 pixels must have shape [N, H, W, 3], got {shape}.")
+    n, h, w, _ = shape
+    _count(shape, limits, per_image=h * w * 3 or 1)
+    if h * w > limits.max_pixels:
+        raise too_large("image_too_large", f"The pixels are {w}x{h}; this model accepts at most {limits.max_pixels} pixels.")
+    expected = n * h * w * 3
+    if isinstance(data, memoryview):
+        if len(data) != expected:
+            raise bad_request("bad_shape", f"Shape {shape} needs {expected} bytes of UINT8 data; got {len(data)}.")
+        pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    else:
+        values = _flatten(data)
+        if len(values) != expected:
+            raise bad_request("bad_shape", f"Shape {shape} needs {expected} values; got {len(values)}.")
+        try:
+            pixels = torch.tensor(values, dtype=torch.int64)
+        except (TypeError, ValueError, RuntimeError):
+            raise bad_request("bad_data", "UINT8 data must be integers from 0 to 255.") from None
+        if pixels.numel() and (pixels.min() < 0 or pixels.max() > 255):
+            raise bad_request("bad_data", "UINT8 data must be integers from 0 to 255.")
+        pixels = pixels.to(torch.uint8)
+    return list(pixels.view(n, h, w, 3).permute(0, 3, 1, 2).unbind(0))
+
+
+def response(request, rows: list[list[dict]], model_name: str, version: str) -> tuple[bytes, dict]:
+    """Top-k rows of the request's images -> (body, headers): JSON, or JSON + binary outputs."""
+    n, k = len(rows), len(rows[0]) if rows else 0
+    columns = {name: [entry[name] for row in rows for entry in row] for name in OUTPUTS}
+    outputs, chunks = [], []
+    for name in request.outputs:
+        tensor = {"name": name, "datatype": DATATYPES[name], "shape": [n, k]}
+        if name in request.binary:
+            chunk = _binary(name, columns[name])
+            tensor["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        else:
+            tensor["data"] = columns[name]
+        outputs.append(tensor)
+    body = {"model_name": model_name, "model_version": version, "outputs": outputs}
+    if request.id is not None:
+        body = {"id": request.id, **body}
+    header = json.dumps(body, separators=(",", ":")).encode()
+    if not chunks:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(chunks), {"content-type": "application/octet-stream",
+                                       "Inference-Header-Content-Length": str(len(header))}
+
+
+def _binary(name: str, values: list) -> bytes:
+    if name == "label":
+        encoded = [v.encode() for v in values]
+        return b"".join(struct.pack("<I", len(e)) + e for e in encoded)
+    return struct.pack(f"<{len(values)}{_STRUCT[name]}", *values)
