@@ -6,12 +6,21 @@ for path in string.gmatch(os.getenv("BENCH_FILES"), "[^:]+") do
   files[#files + 1] = f:read("*a")
   f:close()
 end
+-- BENCH_JSON_SIZES (colon-separated, one per file): the binary tensor extension's
+-- Inference-Header-Content-Length of each body.
+local sizes = {}
+for size in string.gmatch(os.getenv("BENCH_JSON_SIZES") or "", "[^:]+") do
+  sizes[#sizes + 1] = size
+end
 local headers = {["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN"),
-                 ["Content-Type"] = "application/octet-stream"}
+                 ["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "application/octet-stream"}
 local i = 0
 
 request = function()
   i = i % #files + 1
+  if #sizes > 0 then
+    headers["Inference-Header-Content-Length"] = sizes[i]
+  end
   return wrk.format("POST", nil, headers, files[i])
 end
 

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from build_mar import build, model_config  # noqa: E402
+from bench_forms import FORMS, build_form  # noqa: E402
 from stock_archive import build_stock_mar  # noqa: E402
 
 from handlers.model.checkpoint import load_classifier  # noqa: E402
@@ -152,8 +153,10 @@ def accuracy(checkpoint: Path, photos: Path, image_sets: dict) -> list[dict]:
     return rows
 
 
-def run_wrk(url: str, token: str, files: list[Path], concurrency: int, duration: int, bar: tqdm) -> dict:
-    env = {**os.environ, "BENCH_FILES": ":".join(map(str, files)), "BENCH_TOKEN": token}
+def run_wrk(url: str, token: str, files: list[Path], concurrency: int, duration: int, bar: tqdm,
+            content_type: str = "application/octet-stream", json_sizes: list[int] | None = None) -> dict:
+    env = {**os.environ, "BENCH_FILES": ":".join(map(str, files)), "BENCH_TOKEN": token,
+           "BENCH_CONTENT_TYPE": content_type, "BENCH_JSON_SIZES": ":".join(map(str, json_sizes or []))}
     cmd = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency), "-d", f"{duration}s",
            "--timeout", "60s", "-s", str(ROOT / "scripts" / "bench.lua"), url]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -205,6 +208,10 @@ def main(argv=None) -> int:
                         help="workers of ours_scaled, each with cores/N torch threads (default: one per core)")
     parser.add_argument("--scaled-threads", type=int, default=0,
                         help="torch threads of each ours_scaled worker (default 0: cores / --scaled-workers)")
+    parser.add_argument("--forms", default=",".join(FORMS),
+                        help=f"request forms timed side by side on 12 MP photos with this handler, of {list(FORMS)} "
+                             "('' for none)")
+    parser.add_argument("--forms-concurrency", type=int, default=8, help="clients of the request-form runs")
     parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME:KEY=VALUE[,...]",
                         help="also run this handler with these model-config.yaml overrides, registered as NAME in the "
                              "same rounds (repeatable), e.g. threads1:handler.cpu_threads=1")
@@ -228,6 +235,9 @@ def main(argv=None) -> int:
     print("building archives and test images ...")
     image_sets = {k: v for k, v in make_images(args.photos, args.out / "images").items() if k in args.sizes.split(",")}
     handlers = {k: v for k, v in HANDLERS.items() if k in args.handlers.split(",")}
+    forms = {}
+    if "12MP" in image_sets and "ours" in handlers:
+        forms = {f: build_form(f, image_sets["12MP"], args.out / "forms") for f in args.forms.split(",") if f}
     def config(cpu_threads: int, overrides=()) -> dict:
         return model_config(ROOT / "model-config.yaml", [f"batchSize={args.batch_size}", f"maxBatchDelay={args.max_batch_delay}",
                                                          f"handler.cpu_threads={cpu_threads}", *overrides])
@@ -252,12 +262,12 @@ def main(argv=None) -> int:
     if "ours_scaled" in handlers:
         server.client.management("PUT", f"/models/{HANDLERS['ours_scaled']}", params={
             "min_worker": args.scaled_workers, "max_worker": args.scaled_workers, "synchronous": "true"}).raise_for_status()
-    runs, alone_rounds = [], []
+    runs, alone_rounds, form_runs = [], [], []
     ready_s = worker_ready_s(server, HANDLERS["ours"], args.workers) if "ours" in handlers else None
     try:
         # Rounds interleave everything (model alone, each size, each handler), so a slow
         # spell on a shared host hits all of them; each figure is the median over rounds.
-        total = args.repeats * (len(image_sets) * len(handlers) * len(concurrencies) * args.duration
+        total = args.repeats * ((len(image_sets) * len(handlers) * len(concurrencies) + len(forms)) * args.duration
                                 + len(setups) * ALONE_SECONDS)
         with tqdm(total=total, unit="s", desc="bench") as bar:
             for rep in range(args.repeats):
@@ -271,12 +281,20 @@ def main(argv=None) -> int:
                             url = f"{server.inference_url}/predictions/{model}"
                             result = run_wrk(url, server.keys.inference, files, c, args.duration, bar)
                             runs.append({"size": size_name, "handler": handler, "round": rep, **result})
+                names = list(forms)  # one after another, so the ratios compare like with like; each round
+                for name in names[rep % len(names):] + names[:rep % len(names)]:  # starts at another form
+                    form = forms[name]
+                    bar.set_postfix_str(f"round {rep + 1}: 12MP as {name}")
+                    result = run_wrk(form.url(server.inference_url, HANDLERS["ours"]), server.keys.inference, form.files,
+                                     args.forms_concurrency, args.duration, bar, form.content_type, form.json_sizes)
+                    form_runs.append({"form": name, "round": rep, **result})
     finally:
         server.stop()
 
     report = {"host": host_info(threads), "model_alone_img_s": median_by_key(alone_rounds), "runs": median_runs(runs),
+              "forms": median_runs(form_runs, key="form"),
               "worker_ready_s": ready_s,
-              "agreement": agreement, "raw": {"runs": runs, "model_alone_rounds": alone_rounds},
+              "agreement": agreement, "raw": {"runs": runs, "form_runs": form_runs, "model_alone_rounds": alone_rounds},
               "settings": {"batchSize": args.batch_size, "maxBatchDelay": args.max_batch_delay, "workers": args.workers,
                            "scaled_workers": args.scaled_workers, "scaled_threads": scaled_threads,
                            "cpu_threads": args.cpu_threads, "duration_s": args.duration, "rounds": args.repeats,
@@ -307,17 +325,18 @@ def median_by_key(rounds: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
 
 
-def median_runs(runs: list[dict]) -> list[dict]:
-    """One row per size, handler and concurrency: the median of each figure over rounds."""
+def median_runs(runs: list[dict], key: tuple = ("size", "handler")) -> list[dict]:
+    """One row per `key` fields and concurrency: the median of each figure over rounds."""
+    key = (key,) if isinstance(key, str) else key
     cells = {}
     for r in runs:
-        cells.setdefault((r["size"], r["handler"], r["concurrency"]), []).append(r)
+        cells.setdefault(tuple(r[k] for k in key) + (r["concurrency"],), []).append(r)
     out = []
-    for (size, handler, c), rs in cells.items():
-        row = {"size": size, "handler": handler, "concurrency": c, "rounds": len(rs),
+    for cell, rs in cells.items():
+        row = {**dict(zip(key, cell)), "concurrency": cell[-1], "rounds": len(rs),
                "requests": sum(r["requests"] for r in rs), "errors": sum(r["errors"] for r in rs)}
-        for key in ("throughput", "p50_ms", "p90_ms", "p99_ms"):
-            row[key] = statistics.median(r[key] for r in rs)
+        for figure in ("throughput", "p50_ms", "p90_ms", "p99_ms"):
+            row[figure] = statistics.median(r[figure] for r in rs)
         out.append(row)
     return out
 

@@ -48,6 +48,20 @@ def targets(report) -> list[tuple[str, float, str, bool]]:
     return out
 
 
+FORM_GOALS = {"oip_json": 0.8, "oip_binary": 0.9, "base64_json": 0.8}
+
+
+def form_targets(report) -> list[tuple[str, float, str, bool]]:
+    """Each request form's throughput against the raw body's, 12 MP photos, measured side by side."""
+    forms = {r["form"]: r for r in report.get("forms", [])}
+    if "raw" not in forms:
+        return []
+    raw = forms["raw"]["throughput"]
+    return [(f"12 MP as {name} vs raw body, {r['concurrency']} clients", r["throughput"] / raw, f">= {goal}x",
+             r["throughput"] / raw >= goal)
+            for name, goal in FORM_GOALS.items() if (r := forms.get(name))]
+
+
 def markdown(report) -> str:
     h, s = report["host"], report["settings"]
     lines = [
@@ -75,11 +89,21 @@ def markdown(report) -> str:
                          f"{'yes' if ready <= 8 else 'NO'} |")
     except (StopIteration, ValueError):  # a partial run (--sizes/--handlers): no ratios
         lines.append("| (partial run: targets need both handlers and both sizes) | | | |")
+    for what, ratio, goal, met in form_targets(report):
+        lines.append(f"| {what} | {ratio:.3f}x | {goal} | {'yes' if met else 'NO'} |")
     lines += ["", "## Load runs", "", "| images | handler | clients | req/s | p50 ms | p90 ms | p99 ms | errors |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["runs"]:
         lines.append(f"| {r['size']} | {r['handler']} | {r['concurrency']} | {r['throughput']:.1f} | "
                      f"{r['p50_ms']:.0f} | {r['p90_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |")
+    if report.get("forms"):
+        lines += ["", "## Request forms (12 MP photos, this handler)", "",
+                  "| form | clients | req/s | vs raw | p50 ms | p99 ms | errors |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        raw = next((r["throughput"] for r in report["forms"] if r["form"] == "raw"), None)
+        for r in report["forms"]:
+            ratio = f"{r['throughput'] / raw:.2f}x" if raw else ""
+            lines.append(f"| {r['form']} | {r['concurrency']} | {r['throughput']:.1f} | {ratio} | {r['p50_ms']:.0f} | "
+                         f"{r['p99_ms']:.0f} | {r['errors']} |")
     lines += ["", "## Model alone (no decoding, no server)", "", "| graph, memory format, batch | img/s |", "| --- | --- |"]
     for k, v in report["model_alone_img_s"].items():
         lines.append(f"| {k} | {v:.1f} |")

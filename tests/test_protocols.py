@@ -150,7 +150,7 @@ def _oip(tensor: dict, **extra) -> dict:
     (_oip({"shape": [1], "datatype": "BYTES", "data": [7]}), {}, 400, "bad_data"),
     (_oip({"shape": [1], "datatype": "BYTES", "data": ["aGVsbG8="]}, outputs=[{"name": "logits"}]), {}, 400, "unknown_output"),
     (_oip({"shape": [1, 2, 2, 3], "datatype": "UINT8", "data": [300] * 12}), {}, 400, "bad_data"),
-    (_oip({"shape": [1, 4000, 4000, 3], "datatype": "UINT8", "data": []}), {}, 413, "image_too_large"),
+    (_oip({"shape": [1, 4000, 4000, 3], "datatype": "UINT8", "data": []}), {}, 413, "too_many_pixels"),
     ({"body": {"inputs": []}}, {}, 400, "bad_oip_request"),
     ({"body": {"inputs": [{"name": "a"}, {"name": "b"}]}}, {}, 400, "bad_oip_request"),
     ({"body": BINARY_HEAD + b"abc"}, {"inference-header-content-length": str(len(BINARY_HEAD))}, 400, "bad_binary_data"),

@@ -152,7 +152,7 @@ def _pixel_images(data, shape: list[int], limits) -> list[torch.Tensor]:
     n, h, w, _ = shape
     _count(shape, limits, per_image=h * w * 3 or 1)
     if h * w > limits.max_pixels:
-        raise too_large("image_too_large", f"The pixels are {w}x{h}; this model accepts at most {limits.max_pixels} pixels.")
+        raise too_large("too_many_pixels", f"The pixels are {w}x{h}; this model accepts at most {limits.max_pixels} pixels.")
     expected = n * h * w * 3
     if isinstance(data, memoryview):
         if len(data) != expected:

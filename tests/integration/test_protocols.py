@@ -1,0 +1,162 @@
+"""Standard clients against a real TorchServe: tritonclient (binary and JSON) and kserve's REST
+client (v2 and v1) on TorchServe's own KServe routes, the v2 JSON body that KServe's wrapper
+posts to /predictions/{m}, and the bad-input corpus isolated per request in each protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.http as triton
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import labelled_photos
+from tests.corpus import bad_cases
+from tests.integration.conftest import MODEL
+
+pytestmark = pytest.mark.integration
+NAMES = ["kitten.jpg", "dog1.jpg", "croco.jpg", "bus.jpg"]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def auth(server) -> dict:
+    return {"Authorization": f"Bearer {server.keys.inference}"}
+
+
+def triton_input(images: list[bytes], binary: bool) -> triton.InferInput:
+    tensor = triton.InferInput("image", [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images if binary else [b64(i) for i in images], dtype=object), binary_data=binary)
+    return tensor
+
+
+def first_labels(result) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")[:, 0]]
+
+
+def assert_acceptable(labels, names):
+    assert len(labels) == len(names)
+    for label, name in zip(labels, names):
+        assert label in labelled_photos()[name], (name, label)
+
+
+@pytest.fixture(scope="module")
+def triton_client(server):
+    client = triton.InferenceServerClient(urlsplit(server.inference_url).netloc, concurrency=4, network_timeout=120)
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_gets_the_labels(server, triton_client, photos, binary):
+    result = triton_client.infer(MODEL, [triton_input([photos[n] for n in NAMES], binary)], request_id="t-1",
+                                 headers=auth(server))
+    assert_acceptable(first_labels(result), NAMES)
+    assert result.as_numpy("probability").shape == (4, 5) and result.get_response()["id"] == "t-1"
+
+
+def test_tritonclient_json_outputs_and_topk(server, triton_client, photos):
+    outputs = [triton.InferRequestedOutput(n, binary_data=False) for n in ("label", "probability")]
+    result = triton_client.infer(MODEL, [triton_input([photos["dog2.jpg"]], False)], outputs=outputs,
+                                 parameters={"topk": 3}, headers=auth(server))
+    assert result.as_numpy("label").shape == (1, 3) and result.as_numpy("index") is None
+    assert first_labels(result) == ["Brittany spaniel"]
+
+
+def test_tritonclient_bad_image_is_4xx_while_batched_neighbours_succeed(server, triton_client, photos):
+    pids = server.worker_pids(MODEL)
+    bad = triton_client.async_infer(MODEL, [triton_input([photos["cat.jpg"], b"no image here"], True)],
+                                    headers=auth(server))
+    goods = [triton_client.async_infer(MODEL, [triton_input([photos[n]], True)], headers=auth(server)) for n in NAMES[:3]]
+    with pytest.raises(InferenceServerException) as err:
+        bad.get_result()
+    assert err.value.status() == "400" and "input element 1 of 2" in err.value.message()
+    for name, good in zip(NAMES, goods):
+        assert_acceptable(first_labels(good.get_result()), [name])
+    assert server.worker_pids(MODEL) == pids
+
+
+def test_kserve_client_v2_and_v1(server, photos):
+    async def run():
+        v2 = InferenceRESTClient(RESTConfig(protocol="v2", timeout=120))
+        request = InferRequest(MODEL, [InferInput("image", [2], "BYTES", [b64(photos[n]) for n in NAMES[:2]])],
+                               request_id="k-2")
+        v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=120))
+        return await asyncio.gather(
+            v2.infer(server.inference_url, request, model_name=MODEL, headers=auth(server)),
+            v1.infer(server.inference_url, {"instances": [{"b64": b64(photos[n])} for n in NAMES]}, model_name=MODEL,
+                     headers=auth(server)))
+
+    v2, v1 = asyncio.run(run())
+    assert v2.id == "k-2" and v2.model_name == MODEL
+    labels = {o.name: o.as_numpy() for o in v2.outputs}["label"]
+    assert_acceptable([v.decode() if isinstance(v, bytes) else v for v in labels[:, 0]], NAMES[:2])
+    assert_acceptable([p[0]["label"] for p in v1["predictions"]], NAMES)
+
+
+def test_v2_json_on_predictions_as_kserves_wrapper_posts_it(server, photos):
+    body, _ = InferRequest(MODEL, [InferInput("image", [1], "BYTES", [b64(photos["croco.jpg"])])], request_id="w").to_rest()
+    resp = server.post(MODEL, data=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert doc["id"] == "w" and doc["outputs"][0]["name"] == "label"
+    assert doc["outputs"][0]["data"][0] in labelled_photos()["croco.jpg"]
+
+
+
+def _image_cases(photo: bytes):
+    """The corpus's bad images (bodies that are bytes of a would-be image), for any protocol."""
+    skip = ("empty", "json", "data_uri", "header", "text_plain")
+    return [c for c in bad_cases(photo) if isinstance(c.body, bytes) and not c.name.startswith(skip)]
+
+
+def test_bad_image_corpus_is_isolated_in_every_protocol(server, photos):
+    pids = server.worker_pids(MODEL)
+    url = server.inference_url
+    good_body, good_size = triton.InferenceServerClient.generate_request_body([triton_input([photos["dog1.jpg"]], True)])
+
+    def oip_binary(image):
+        body, size = triton.InferenceServerClient.generate_request_body(
+            [triton_input([photos["dog2.jpg"], image], True)])
+        return requests.post(f"{url}/v2/models/{MODEL}/infer", data=body, timeout=60,
+                             headers={**auth(server), "Inference-Header-Content-Length": str(size)})
+
+    def kserve_v1(image):
+        return requests.post(f"{url}/v1/models/{MODEL}:predict", json={"instances": [b64(photos["dog2.jpg"]), b64(image)]},
+                             headers=auth(server), timeout=60)
+
+    def good():
+        return requests.post(f"{url}/v2/models/{MODEL}/infer", data=good_body, timeout=60,
+                             headers={**auth(server), "Inference-Header-Content-Length": str(good_size)})
+
+    failures = []
+    cases = _image_cases(photos["dog1.jpg"])
+    assert len(cases) >= 20
+    with ThreadPoolExecutor(4) as pool:
+        for case in cases:
+            sent = {"oip": pool.submit(oip_binary, case.body), "v1": pool.submit(kserve_v1, case.body),
+                    "good": pool.submit(good), "plain": pool.submit(server.post, MODEL, data=photos["croco.jpg"])}
+            got = {k: f.result() for k, f in sent.items()}
+            for protocol, where in (("oip", "input element 1 of 2"), ("v1", "instance 1 of 2")):
+                r = got[protocol]
+                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                if (r.status_code, body.get("type")) != (case.code, case.type) or where not in body.get("error", ""):
+                    failures.append((case.name, protocol, r.status_code, r.text[:160]))
+            if got["good"].status_code != 200 or got["plain"].status_code != 200:
+                failures.append((case.name, "neighbours", got["good"].status_code, got["plain"].status_code))
+            else:
+                result = triton.InferResult.from_response_body(
+                    got["good"].content, header_length=int(got["good"].headers["Inference-Header-Content-Length"]))
+                if first_labels(result) != ["Labrador retriever"]:
+                    failures.append((case.name, "neighbour label", first_labels(result)))
+    assert not failures, failures
+    assert server.worker_pids(MODEL) == pids
