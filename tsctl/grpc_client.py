@@ -1,5 +1,6 @@
 """TorchServe's gRPC APIs. Python stubs are generated with grpcio-tools from the .proto files
-inside the installed torchserve (its frontend jar), once per TorchServe version, into a cache."""
+inside the installed torchserve (its frontend jar), once per TorchServe and protobuf version
+(generated code refuses an older protobuf runtime), into a cache."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ PROTOS = ("inference.proto", "management.proto")
 
 def stubs_dir() -> Path:
     import ts
+    from google import protobuf
 
     version = (Path(ts.__file__).parent / "version.txt").read_text().strip()
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "tsctl" / f"grpc-stubs-torchserve-{version}"
+    return cache / "tsctl" / f"grpc-stubs-torchserve-{version}-protobuf-{protobuf.__version__}"
 
 
 def generate_stubs(out: Path | None = None) -> Path:
