@@ -22,7 +22,7 @@ CPU_THREADS ?=
 # make bench BENCH_ARGS="--handlers ours --sizes 500x375" SERVE_OMP_ENV=OMP_WAIT_POLICY=PASSIVE.
 SERVE_OMP_ENV ?= GOMP_SPINCOUNT=10000
 
-.PHONY: serve stop mar test bench install java wrk clean
+.PHONY: serve stop mar test bench install java wrk clean kserve-bundle image
 
 install: $(VENV)/.installed
 
@@ -62,6 +62,21 @@ $(DEFAULT_MAR): $(DEFAULT_CKPT) $(shell find handlers -name "*.py") model-config
 MAR_DIR ?= model_store
 mar: install
 	$(PY) scripts/build_mar.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION) --export-path $(MAR_DIR)
+
+# KServe: the storage bundle for KServe's TorchServe runtime (docs/KUBERNETES.md), for any
+# checkpoint: make kserve-bundle CHECKPOINT=x.pt MODEL_NAME=y VERSION=2.0 -> build/kserve/y/
+kserve-bundle: install $(filter $(DEFAULT_CKPT),$(CHECKPOINT))
+	$(PY) scripts/kserve_bundle.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION)
+
+# The serving image for KServe (deploy/image/Dockerfile), where docker exists:
+# make image [IMAGE=registry/ts-image-classifier] [IMAGE_TAG=0.1.0] [GPU=1]
+IMAGE ?= ts-image-classifier
+IMAGE_TAG ?= 0.1.0
+GPU ?=
+image:
+	@command -v docker >/dev/null || { echo "make image needs docker (https://docs.docker.com/engine/install/)."; exit 1; }
+	docker build -f deploy/image/Dockerfile $(if $(GPU),--build-arg BASE_IMAGE=pytorch/torchserve-kfs:0.12.0-gpu) \
+	  -t $(IMAGE):$(IMAGE_TAG)$(if $(GPU),-gpu,-cpu) .
 
 serve: install java $(DEFAULT_MAR)
 	@if $(VENV)/bin/python -c "import sys,psutil,tempfile,os; p=os.path.join(tempfile.gettempdir(),'.model_server.pid'); sys.exit(0 if os.path.exists(p) and psutil.pid_exists(int(open(p).read().split()[0])) else 1)"; then \

@@ -66,6 +66,7 @@ class TorchServe:
             "model_store": str(self.model_store),
             "load_models": models,
             "enable_model_api": "true",
+            "allowed_urls": f"file://{self.model_store.resolve()}/[^/]*[.]mar",  # as config.properties
             "disable_token_authorization": "false",
             "max_request_size": 34603008,  # as config.properties
             "metrics_mode": "prometheus",

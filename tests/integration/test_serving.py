@@ -88,3 +88,12 @@ def test_tsctl_predict_prints_labels(server, photos, tmp_path):
 def test_ping_with_token(server):
     r = requests.get(f"{server.inference_url}/ping", headers={"Authorization": f"Bearer {server.keys.inference}"})
     assert r.status_code == 200 and r.json()["status"] == "Healthy"
+
+
+def test_models_load_from_the_model_store_only(server):
+    key = server.keys.management
+    resp = requests.post(f"{server.management_url}/models", params={"url": "https://example.com/model.mar"},
+                         headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert resp.status_code in (400, 404) and "does not match any allowed URL" in resp.text, resp.text
+    log = (server.workdir / "logs" / "ts_log.log").read_text(errors="replace")
+    assert "can access any URL" not in log
