@@ -22,7 +22,7 @@ CPU_THREADS ?=
 # make bench BENCH_ARGS="--handlers ours --sizes 500x375" SERVE_OMP_ENV=OMP_WAIT_POLICY=PASSIVE.
 SERVE_OMP_ENV ?= GOMP_SPINCOUNT=10000
 
-.PHONY: serve stop mar test bench install java wrk clean kserve-bundle image
+.PHONY: serve stop mar test bench install java wrk clean kserve-bundle image soak
 
 install: $(VENV)/.installed
 
@@ -107,6 +107,12 @@ serve: install java $(DEFAULT_MAR)
 BENCH_ARGS ?=
 bench: install java wrk $(DEFAULT_CKPT)
 	$(PY) scripts/bench.py $(addprefix --server-env ,$(SERVE_OMP_ENV)) $(BENCH_ARGS)
+
+# Minutes of mixed good and hostile traffic against a real TorchServe (not part of make test):
+# answers by status and type, worker restarts, peak RSS. SOAK_ARGS="--minutes 10 --clients 16".
+SOAK_ARGS ?=
+soak: install java $(DEFAULT_MAR)
+	$(PY) -m tests.soak $(SOAK_ARGS)
 
 stop:
 	-$(VENV)/bin/torchserve --stop

@@ -3,7 +3,6 @@ clients' own encoders (tritonclient, kserve), mixed with plain requests in one T
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 
@@ -14,6 +13,7 @@ from kserve import InferInput, InferRequest, InferResponse
 from PIL import Image
 
 from handlers.request.protocols import Limits, read_request
+from tests.clients import b64, triton_input
 from tests.conftest import labelled_photos
 from tests.handler_harness import run_batch
 
@@ -21,14 +21,8 @@ NAMES = ["kitten.jpg", "dog1.jpg", "croco.jpg"]
 LIMITS = Limits(max_bytes=1 << 20, max_images=4, max_pixels=10_000_000)
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def triton_request(images: list[bytes], binary: bool, outputs=None, request_id="r1") -> tuple[bytes, dict]:
-    tensor = triton.InferInput("image", [len(images)], "BYTES")
-    values = images if binary else [b64(i) for i in images]
-    tensor.set_data_from_numpy(np.array(values, dtype=object), binary_data=binary)
+    tensor = triton_input(images, binary)
     body, json_size = triton.InferenceServerClient.generate_request_body([tensor], outputs=outputs, request_id=request_id)
     return body, ({} if json_size is None else {"Inference-Header-Content-Length": str(json_size)})
 

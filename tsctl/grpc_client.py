@@ -61,13 +61,13 @@ def _modules():
 
 def _raise_for_error_body(prediction: bytes) -> None:
     # TorchServe's gRPC API does not carry a per-request status: a refused input arrives as the
-    # handler's JSON error body {"code", "type", "message"} inside an OK reply.
+    # handler's JSON error body {"code", "type", "message"} (KServe forms: "error") inside an OK reply.
     try:
         body = json.loads(prediction)
     except ValueError:
         return
     if isinstance(body, dict) and isinstance(body.get("code"), int) and body["code"] >= 400 and "type" in body:
-        raise RuntimeError(f"gRPC Predictions -> {body['code']} {body['type']}: {body.get('message')}")
+        raise RuntimeError(f"gRPC Predictions -> {body['code']} {body['type']}: {body.get('message', body.get('error'))}")
 
 
 class GrpcClient:

@@ -7,7 +7,6 @@ to free ones and /mnt/models to the folder it is mounted at here."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
@@ -15,23 +14,19 @@ import shutil
 import subprocess
 import time
 
-import numpy as np
 import pytest
 import requests
 import tritonclient.http as triton
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import ROOT, labelled_photos
+from tests.clients import assert_acceptable, b64, first_labels, triton_input
+from tests.conftest import ROOT
 from tsctl.local_server import LAUNCH, free_port
 
 pytestmark = pytest.mark.integration
 MODEL = "efficientnet_lite0"
 NAMES = ["kitten.jpg", "dog1.jpg", "croco.jpg"]
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +52,8 @@ def pod(bundle, bare, tmp_path_factory):
         ports[key] = free_port()
         text = re.sub(rf"^({key}=http://[\d.]+:){old}$", rf"\g<1>{ports[key]}", text, flags=re.M)
     for key in ("grpc_inference_port", "grpc_management_port"):
-        text = re.sub(rf"^{key}=\d+$", f"{key}={free_port()}", text, flags=re.M)
+        ports[key] = free_port()
+        text = re.sub(rf"^{key}=\d+$", f"{key}={ports[key]}", text, flags=re.M)
     text += "initial_worker_port=%d\n" % (free_port() // 100 * 100 % 40000 + 20000)  # clear of other servers here
     (mount / "config" / "config.properties").write_text(text)
     env = {"PATH": os.environ["PATH"], "TMPDIR": str(work), "TS_SERVICE_ENVELOPE": "kservev2", "HOME": str(work)}
@@ -78,24 +74,9 @@ def pod(bundle, bare, tmp_path_factory):
         subprocess.run([str(bare), "-c", LAUNCH, "--stop"], cwd=work, env=env)
         pytest.fail(f"the bundle's TorchServe did not get ready: {last}")
     yield {"inference": f"http://127.0.0.1:{ports['inference_address']}", "management": management, "work": work,
+           "grpc": f"127.0.0.1:{ports['grpc_inference_port']}",
            "metrics": f"http://127.0.0.1:{ports['metrics_address']}"}
     subprocess.run([str(bare), "-c", LAUNCH, "--stop"], cwd=work, env=env, stdout=subprocess.DEVNULL)
-
-
-def triton_input(images, binary):
-    tensor = triton.InferInput("image", [len(images)], "BYTES")
-    tensor.set_data_from_numpy(np.array(images if binary else [b64(i) for i in images], dtype=object), binary_data=binary)
-    return tensor
-
-
-def labels_of(result):
-    return [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")[:, 0]]
-
-
-def assert_acceptable(labels, names):
-    assert len(labels) == len(names)
-    for label, name in zip(labels, names):
-        assert label in labelled_photos()[name], (name, label)
 
 
 def test_bundle_layout_and_config(bundle):
@@ -113,7 +94,7 @@ def test_bundle_layout_and_config(bundle):
 def test_tritonclient_without_a_token(pod, photos, binary):
     client = triton.InferenceServerClient(pod["inference"].removeprefix("http://"), network_timeout=120)
     result = client.infer(MODEL, [triton_input([photos[n] for n in NAMES], binary)], request_id="pod-1")
-    assert_acceptable(labels_of(result), NAMES)
+    assert_acceptable(first_labels(result), NAMES)
     assert result.get_response()["id"] == "pod-1" and result.as_numpy("index").shape == (3, 5)
 
 
@@ -148,7 +129,7 @@ def test_bad_image_is_a_4xx_oip_error_while_batched_neighbours_succeed(pod, phot
         bad.get_result()
     assert err.value.status() == "400" and "input element 0 of 1" in err.value.message()
     for name, good in zip(NAMES, goods):
-        assert_acceptable(labels_of(good.get_result()), [name])
+        assert_acceptable(first_labels(good.get_result()), [name])
 
 
 def test_the_pod_config_refuses_registration_and_serves_metrics(pod):
@@ -158,3 +139,19 @@ def test_the_pod_config_refuses_registration_and_serves_metrics(pod):
     assert metrics.status_code == 200 and "ts_inference_requests_total" in metrics.text
     log = (pod["work"] / "logs" / "ts_log.log").read_text(errors="replace")
     assert "can access any URL" not in log
+
+
+def test_grpc_v2_as_the_wrapper_translates_it(pod, photos):
+    """KServe's wrapper turns grpc-v2 into TorchServe's gRPC Predictions: the v2 request as JSON
+    under "data", BYTES base64-encoded (kubernetes/kserve/kserve_wrapper/gprc_utils.py)."""
+    import grpc
+
+    from tsctl.grpc_client import _modules
+
+    inference_pb2, inference_grpc, _, _ = _modules()
+    request = {"id": "g1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(photos["dog1.jpg"])]}]}
+    with grpc.insecure_channel(pod["grpc"]) as channel:
+        reply = inference_grpc.InferenceAPIsServiceStub(channel).Predictions(
+            inference_pb2.PredictionsRequest(model_name=MODEL, input={"data": json.dumps(request).encode()}), timeout=60)
+    answer = json.loads(reply.prediction)
+    assert answer["id"] == "g1" and answer["outputs"][0]["data"][0] == "Labrador retriever"

@@ -5,18 +5,17 @@ posts to /predictions/{m}, and the bad-input corpus isolated per request in each
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
 import requests
 import tritonclient.http as triton
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from tritonclient.utils import InferenceServerException
 
+from tests.clients import assert_acceptable, b64, first_labels, triton_input
 from tests.conftest import labelled_photos
 from tests.corpus import bad_cases
 from tests.integration.conftest import MODEL
@@ -25,28 +24,8 @@ pytestmark = pytest.mark.integration
 NAMES = ["kitten.jpg", "dog1.jpg", "croco.jpg", "bus.jpg"]
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def auth(server) -> dict:
     return {"Authorization": f"Bearer {server.keys.inference}"}
-
-
-def triton_input(images: list[bytes], binary: bool) -> triton.InferInput:
-    tensor = triton.InferInput("image", [len(images)], "BYTES")
-    tensor.set_data_from_numpy(np.array(images if binary else [b64(i) for i in images], dtype=object), binary_data=binary)
-    return tensor
-
-
-def first_labels(result) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("label")[:, 0]]
-
-
-def assert_acceptable(labels, names):
-    assert len(labels) == len(names)
-    for label, name in zip(labels, names):
-        assert label in labelled_photos()[name], (name, label)
 
 
 @pytest.fixture(scope="module")
