@@ -150,3 +150,21 @@ def test_other_filters_use_pillow_exactly(interpolation):
     recipe = Recipe(crop_size=224, resize_size=256, interpolation=interpolation)
     img = _photo_resized("croco.jpg", (640, 480))
     assert torch.equal(recipe_pixels(img, recipe), reference_pixels(img, recipe))
+
+
+@pytest.mark.parametrize("kind", ["L", "I;16", "F", "1"])
+def test_grayscale_is_resized_as_one_channel_with_the_same_pixels_as_rgb(kind):
+    from handlers.request.pixels import image_pixels
+
+    gray = np.asarray(Image.open(IMAGES / "dog2.jpg").convert("L"))
+    if kind == "I;16":
+        img = Image.fromarray(gray.astype(np.uint16) * 257)
+    elif kind == "F":
+        img = Image.fromarray(gray.astype(np.float32) / 255, mode="F")
+    else:
+        img = Image.fromarray(gray).convert(kind)
+    data = encoded(img, "TIFF" if kind == "F" else "PNG")
+    recipe = Recipe(crop_size=224, resize_size=256, interpolation="bicubic")
+    served = image_pixels(data, LIMIT, recipe)
+    as_rgb = recipe_pixels(decode_image(data, LIMIT), recipe)  # decode_image gives RGB
+    assert served.shape == (3, 224, 224) and torch.equal(served, as_rgb)

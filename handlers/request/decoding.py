@@ -86,14 +86,15 @@ def draft_jpeg(img: Image.Image, draft_size: int) -> None:
         img.draft("RGB", (draft_size, draft_size))
 
 
-def load_rgb(img: Image.Image, max_pixels: int) -> Image.Image:
-    """Decode an opened image's pixels -> RGB, EXIF orientation applied."""
+def load_rgb(img: Image.Image, max_pixels: int, keep_gray: bool = False) -> Image.Image:
+    """Decode an opened image's pixels -> RGB (or L for a grayscale image when `keep_gray`:
+    a third of the memory, for callers that resize it as one channel), EXIF orientation applied."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img.load()
             img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+            return to_rgb(img, keep_gray)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise too_large("too_many_pixels", f"The image has more than {max_pixels} pixels.") from None
         except Exception as exc:  # truncated data, bad chunks, broken EXIF, ...
@@ -103,12 +104,15 @@ def load_rgb(img: Image.Image, max_pixels: int) -> Image.Image:
             ) from None
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB: 16-bit scaled (not clipped), alpha composited over white."""
+def to_rgb(img: Image.Image, keep_gray: bool = False) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB (8-bit L for grayscale when `keep_gray`): 16-bit scaled (not
+    clipped), alpha composited over white."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         img = Image.fromarray(_to_uint8(np.asarray(img)), mode="L")
+    if keep_gray and img.mode in ("L", "1"):
+        return img.convert("L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -40,7 +40,7 @@ def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = Tru
             pixels = jpeg_tensor(img, data)
             if pixels is not None:
                 return _resize_crop(pixels, recipe)
-        return recipe_pixels(load_rgb(img, max_pixels), recipe)
+        return recipe_pixels(load_rgb(img, max_pixels, keep_gray=recipe.interpolation in TENSOR_RESIZE), recipe)
 
 
 def tensor_pixels(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
@@ -59,11 +59,14 @@ TENSOR_RESIZE = ("bilinear", "bicubic")
 
 
 def recipe_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
-    """RGB image -> uint8 tensor [3, crop, crop]: short side to resize_size, center crop."""
+    """RGB (or L) image -> uint8 tensor [3, crop, crop]: short side to resize_size, center crop.
+    A grayscale image is resized as its one channel, then repeated: the same pixels as resizing
+    its RGB form (each channel is resized alike), at a third of the memory."""
     if recipe.interpolation not in TENSOR_RESIZE:
-        return reference_pixels(img, recipe)
+        return reference_pixels(img if img.mode == "RGB" else img.convert("RGB"), recipe)
     # cropped before the copy into a tensor, which then shares Pillow's HWC layout: channels-last
-    return _resize_crop(F.pil_to_tensor(_limit_aspect(img)), recipe)
+    pixels = _resize_crop(F.pil_to_tensor(_limit_aspect(img)), recipe)
+    return pixels.expand(3, -1, -1).contiguous() if pixels.shape[0] == 1 else pixels
 
 
 def _resize_crop(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
