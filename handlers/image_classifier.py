@@ -21,6 +21,7 @@ from handlers.model.device import select_device, single_threaded_torch
 from handlers.model.engine import Engine
 from handlers.request.answers import Decoded, answers
 from handlers.request.budget import DecodeBudget, release_freed_memory
+from handlers.request.device_decode import decode_on_device
 from handlers.request.errors import InputError
 from handlers.request.payload import parse_topk
 from handlers.request.pixels import image_pixels, tensor_pixels
@@ -56,6 +57,8 @@ class ImageClassifier(BaseHandler):
         self.limits = Limits(self.settings.max_body_bytes, self.settings.max_images_per_request,
                              self.settings.max_image_pixels)
         self.model_name = context.model_name
+        # CUDA workers decode a batch's JPEGs in one nvJPEG call (handlers/request/device_decode.py)
+        self.device_decode = self.device.type == "cuda" and self.settings.enabled("device_decode")
         self.metrics = HandlerMetrics(None, context.model_name)
         self.requests_served = 0
         self.ready_after_s = round(time.time() - psutil.Process().create_time(), 1)
@@ -73,7 +76,7 @@ class ImageClassifier(BaseHandler):
         requests = list(self.decoders.map(self._read, range(len(data)), data))
         # every image of every request decodes in parallel, so a request of N images takes one turn
         jobs = [image for r in requests if r.error is None for image in r.images]
-        pixels = iter(self.decoders.map(self._decode, jobs))
+        pixels = iter(self._decode_all(jobs))
         decoded = []
         for request in requests:
             results = [next(pixels) for _ in request.images] if request.error is None else []
@@ -101,6 +104,17 @@ class ImageClassifier(BaseHandler):
                 request.error = err
         return request
 
+    def _decode_all(self, images: list) -> list:
+        if not self.device_decode:
+            return list(self.decoders.map(self._decode, images))
+        encoded = [i for i, image in enumerate(images) if not isinstance(image, torch.Tensor)]
+        on_device = dict(zip(encoded, decode_on_device([images[i] for i in encoded], self.info.recipe, self.device,
+                                                       self.settings.max_image_pixels)))
+        rest = [i for i in range(len(images)) if on_device.get(i) is None]
+        out = dict(on_device)
+        out.update(zip(rest, self.decoders.map(self._decode, [images[i] for i in rest])))
+        return [out[i] for i in range(len(images))]
+
     def _decode(self, image) -> torch.Tensor | InputError:
         s = self.settings
         try:
@@ -123,6 +137,8 @@ class ImageClassifier(BaseHandler):
         good = [p for _, d in decoded if isinstance(d, Decoded) for p in d.pixels]
         if not good:
             return decoded, None
+        if any(p.device != good[0].device for p in good):  # some decoded on the device, some not
+            good = [p.to(self.device) for p in good]
         run = self.engine.run(torch.stack(good))
         self.metrics.stage("inference", run.ms)
         self.metrics.oom_splits(run.oom_splits)

@@ -7,9 +7,11 @@ from dataclasses import dataclass, fields
 from .model.engine import PRECISIONS, EngineOptions
 from .model.graph import MODES
 
-# Optimisations that `disable` can turn off, to compare or to work around a problem; each one
-# is on by default because it measured faster at the same answers (docs/PERFORMANCE.md).
-OPTIMIZATIONS = ("jpeg_draft", "torchcodec", "channels_last", "static_padding", "onednn_fusion", "cpu_streams")
+# Optimisations that `disable` can turn off, to compare or to work around a problem; each CPU
+# one is on by default because it measured faster at the same answers (docs/PERFORMANCE.md);
+# device_decode (CUDA workers only) has not been measured on a GPU yet.
+OPTIMIZATIONS = ("jpeg_draft", "torchcodec", "channels_last", "static_padding", "onednn_fusion", "cpu_streams",
+                 "device_decode")
 
 
 @dataclass(frozen=True)

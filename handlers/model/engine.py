@@ -148,7 +148,7 @@ class Engine:
     def run(self, pixels: torch.Tensor) -> Run:
         """uint8 [N, 3, crop, crop] on any device -> float32 logits [N, classes] on the engine's device."""
         start = time.perf_counter()
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and pixels.device != self.device:
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         logits, splits = self._passes(pixels)
         with self._lock:

@@ -1,0 +1,95 @@
+"""JPEGs of a batch decoded in one call on the engine's device (nvJPEG on CUDA), then resized and
+cropped there; everything the batched decoder cannot take goes back to the per-image CPU path.
+
+Per image: the header is read and the pixel limit checked by Pillow first (open_image), as on
+the CPU path; only baseline-decodable JPEGs in RGB or grayscale go to the device, with their EXIF
+orientation read from the header and applied to the tensor (the device decoder ignores it). A
+batch the decoder refuses is retried image by image, so one bad file costs only itself: it is
+handed back to the CPU path, whose checks and messages are the ones a client sees.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from ..model.recipe import Recipe
+from .decoding import JPEG_MODES, open_image
+from .errors import InputError
+from .pixels import TENSOR_RESIZE, _resize_crop
+
+logger = logging.getLogger(__name__)
+EXIF_ORIENTATION = 0x0112
+CALL_PIXELS = 200_000_000  # pixels decoded per call at most (600 MB of RGB on the device)
+
+# EXIF orientation -> the tensor operation that shows the image upright, [C, H, W] (as PIL's
+# ImageOps.exif_transpose: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise,
+# 7 transverse, 8 rotate 90 counter-clockwise).
+_UPRIGHT = {
+    2: lambda t: t.flip(-1),
+    3: lambda t: t.flip(-2, -1),
+    4: lambda t: t.flip(-2),
+    5: lambda t: t.transpose(-2, -1),
+    6: lambda t: torch.rot90(t, -1, dims=(-2, -1)),
+    7: lambda t: t.transpose(-2, -1).flip(-2, -1),
+    8: lambda t: torch.rot90(t, 1, dims=(-2, -1)),
+}
+
+
+def device_candidate(data: bytes, max_pixels: int) -> tuple[int, int] | None:
+    """(EXIF orientation 1-8, pixels) of a JPEG the device decoder can take, else None. Raises
+    the CPU path's InputError for a header over the pixel limit or unreadable."""
+    img = open_image(data, max_pixels)
+    if img.format not in ("JPEG", "MPO") or img.mode not in JPEG_MODES:
+        return None
+    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+    return orientation, img.size[0] * img.size[1]
+
+
+def decode_on_device(images: list[bytes], recipe: Recipe, device: torch.device,
+                     max_pixels: int) -> list[torch.Tensor | InputError | None]:
+    """Per image: uint8 [3, crop, crop] on `device`, the InputError its header gives, or None
+    for the CPU path (not a JPEG, CMYK, refused by the device decoder, or a recipe whose
+    interpolation only Pillow has)."""
+    out: list = [None] * len(images)
+    if recipe.interpolation not in TENSOR_RESIZE:
+        return out
+    calls, todo, budget = [[]], {}, 0
+    for i, data in enumerate(images):
+        try:
+            candidate = device_candidate(data, max_pixels)
+        except InputError as err:
+            out[i] = err
+            continue
+        if candidate is None:
+            continue
+        todo[i], pixels = candidate
+        if calls[-1] and budget + pixels > CALL_PIXELS:
+            calls.append([])
+            budget = 0
+        calls[-1].append(i)
+        budget += pixels
+    for call in calls:  # each call's full-size images are freed once cropped
+        for i, pixels in _decode(call, images, device).items():
+            out[i] = _resize_crop(_UPRIGHT.get(todo[i], lambda t: t)(pixels), recipe)
+    return out
+
+
+def _decode(indices: list[int], images: list[bytes], device: torch.device) -> dict[int, torch.Tensor]:
+    if not indices:
+        return {}
+    tensors = [torch.frombuffer(bytearray(images[i]), dtype=torch.uint8) for i in indices]
+    try:
+        return dict(zip(indices, decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)))
+    except RuntimeError as exc:  # one file the decoder refuses fails the call: find it
+        logger.info("batched JPEG decode refused (%s); decoding %d images one by one", exc, len(indices))
+    out = {}
+    for i, tensor in zip(indices, tensors):
+        try:
+            out[i] = decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            pass  # the CPU path decodes it or answers why not
+    return out
