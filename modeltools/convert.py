@@ -75,15 +75,40 @@ def read_labels(path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def recipe_for(architecture: str, given: dict | None) -> Recipe:
-    """The given recipe, else timm's pretrained config for a timm architecture; never a guess."""
+def recipe_for(architecture: str, given: dict | None, weights: str | None = None) -> Recipe:
+    """The given recipe, else the library's own: timm's pretrained config for `timm:ARCH` or
+    `timm:ARCH.TAG` (that tag's sizes, crop_pct and crop mode), the transforms of a torchvision
+    weights enum for `torchvision:ARCH.WEIGHTS` (or `weights`); never a guess."""
     if given:
         return Recipe.from_dict(given)
     source, _, arch = architecture.rpartition(":")
-    if source in ("", "timm"):
+    if source in ("", "timm") and not weights:
         import timm
 
         if timm.is_model(arch):
-            return Recipe.from_timm_config(timm.models.get_pretrained_cfg(arch).to_dict())
+            try:
+                return Recipe.from_timm_config(timm.models.get_pretrained_cfg(arch).to_dict())
+            except RuntimeError as exc:  # an unknown tag
+                raise ValueError(f"{architecture}: {exc}") from None
+    if source in ("", "torchvision"):
+        name, _, tag = arch.partition(".")
+        if tag or weights:
+            return Recipe.from_torchvision_weights(torchvision_weights(name, weights or tag))
     raise ValueError(f"no preprocessing recipe for {architecture}: pass --recipe (JSON with crop_size, "
-                     "resize_size, interpolation, mean, std) or a timm architecture")
+                     "resize_size, interpolation, mean, std, crop_mode), a timm architecture, or "
+                     "torchvision weights (torchvision:resnet50.IMAGENET1K_V2 or --weights IMAGENET1K_V2)")
+
+
+def torchvision_weights(name: str, tag: str):
+    """torchvision's weights enum member `tag` of architecture `name`."""
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except ValueError:
+        raise ValueError(f"unknown torchvision architecture {name!r}") from None
+    if tag == "DEFAULT":
+        return enum.DEFAULT
+    if tag not in enum.__members__:
+        raise ValueError(f"torchvision {name} has no weights {tag!r}; it has {list(enum.__members__)}")
+    return enum[tag]

@@ -94,7 +94,7 @@ def model_alone_setups(checkpoint: Path, threads: int, batch: int = 8) -> list[t
         model, info = load_classifier(checkpoint, torch.device("cpu"), channels_last)
         for n in (1, 2, 4, 8, 16):
             with torch.inference_mode():
-                x = torch.randn(n, 3, info.recipe.crop_size, info.recipe.crop_size)
+                x = torch.randn(n, 3, *info.recipe.crop_hw)
                 x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
             setups.append((f"eager {'channels_last' if channels_last else 'contiguous'} batch {n}", model, x, n))
     variants = {"engine as served": EngineOptions(), "engine, eager graph": EngineOptions(graph="eager"),
@@ -104,7 +104,7 @@ def model_alone_setups(checkpoint: Path, threads: int, batch: int = 8) -> list[t
     for name, options in variants.items():
         model, info = load_classifier(checkpoint, torch.device("cpu"), options.channels_last)
         engine = Engine(model, info.recipe, torch.device("cpu"), batch, options)
-        pixels = torch.randint(0, 256, (batch, 3, info.recipe.crop_size, info.recipe.crop_size), dtype=torch.uint8)
+        pixels = torch.randint(0, 256, (batch, 3, *info.recipe.crop_hw), dtype=torch.uint8)
         setups.append((f"{name} (batch {batch})", engine.run, pixels, batch))
     return setups
 

@@ -31,9 +31,8 @@ def validate(checkpoint: Path, settings: Settings, version: str) -> str:
     naming the archive's `version` (what TorchServe serves) and the checkpoint's where it differs."""
     model, info = load_classifier(checkpoint, torch.device("cpu"), settings.enabled("channels_last"))
     assert_inference_ready(model)
-    size = info.recipe.crop_size
     with torch.inference_mode():
-        logits = model(torch.zeros(2, 3, size, size))
+        logits = model(torch.zeros(2, 3, *info.recipe.crop_hw))
     if tuple(logits.shape) != (2, len(info.labels)):
         raise ValueError(
             f"{checkpoint}: model outputs {tuple(logits.shape)} for 2 images; "
@@ -41,7 +40,7 @@ def validate(checkpoint: Path, settings: Settings, version: str) -> str:
         )
     unsafe = " - WARNING: converted with --allow-unsafe-pickle (unsafe_source is recorded)" if info.unsafe_source else ""
     own = "" if info.version == version else f" (the checkpoint's own version: {info.version})"
-    return f"{info.architecture} version {version}{own}, {len(info.labels)} classes, input {size}x{size}{unsafe}"
+    return f"{info.architecture} version {version}{own}, {len(info.labels)} classes, input {info.recipe.crop_hw[0]}x{info.recipe.crop_hw[1]} ({info.recipe.crop_mode} crop){unsafe}"
 
 
 def model_config(base: Path, overrides: list[str]) -> dict:

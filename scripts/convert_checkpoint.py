@@ -23,7 +23,9 @@ from modeltools.convert import extract_state_dict, load_training_checkpoint, rea
 
 
 def convert(source: Path, architecture: str, labels: list[str], recipe_json: dict | None, version: str,
-            output: Path, allow_unsafe: bool = False) -> str:
+            output: Path, allow_unsafe: bool = False, weights: str | None = None) -> str:
+    if weights:  # recorded in the architecture, as torchvision:ARCH.WEIGHTS
+        architecture = f"{architecture}.{weights}"
     state_dict = extract_state_dict(load_training_checkpoint(source, allow_unsafe))
     model = build_architecture(architecture, num_classes=len(labels))
     state_dict = strip_prefixes(state_dict, model.state_dict().keys())
@@ -35,7 +37,7 @@ def convert(source: Path, architecture: str, labels: list[str], recipe_json: dic
         torch.save(ckpt, output)
     model, info = load_classifier(output, torch.device("cpu"))  # strict key/shape check
     with torch.inference_mode():
-        out = model(torch.zeros(1, 3, recipe.crop_size, recipe.crop_size))
+        out = model(torch.zeros(1, 3, *recipe.crop_hw))
     if out.shape[-1] != len(labels):
         raise ValueError(f"model outputs {out.shape[-1]} classes for {len(labels)} labels")
     return f"{architecture} v{version}, {len(labels)} classes, recipe {recipe.to_dict()}"
@@ -44,10 +46,14 @@ def convert(source: Path, architecture: str, labels: list[str], recipe_json: dic
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", type=Path, required=True, help="training checkpoint or state dict")
-    parser.add_argument("--architecture", required=True, help="e.g. timm:resnet50 or torchvision:resnet50")
+    parser.add_argument("--architecture", required=True, help="timm:ARCH[.TAG] (the tag's pretrained config gives the recipe, e.g. "
+                                                                 "timm:convnextv2_nano.fcmae_ft_in22k_in1k_384) or torchvision:ARCH[.WEIGHTS]")
     parser.add_argument("--labels", required=True,
                         help="index_to_name.json, a JSON list, a text file (one label a line), or 'imagenet'")
-    parser.add_argument("--recipe", help="JSON recipe; default: timm's pretrained config for timm architectures")
+    parser.add_argument("--recipe", help="JSON recipe (crop_size, resize_size, interpolation, mean, std, crop_mode); "
+                                         "default: the library's own, see --architecture and --weights")
+    parser.add_argument("--weights", help="torchvision weights whose transforms give the recipe (IMAGENET1K_V2); "
+                                          "the same as --architecture torchvision:ARCH.WEIGHTS")
     parser.add_argument("--version", default="1.0")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--allow-unsafe-pickle", action="store_true",
@@ -61,7 +67,8 @@ def main(argv=None) -> int:
         else:
             labels = read_labels(args.labels)
         recipe = json.loads(args.recipe) if args.recipe else None
-        summary = convert(args.input, args.architecture, labels, recipe, args.version, args.output, args.allow_unsafe_pickle)
+        summary = convert(args.input, args.architecture, labels, recipe, args.version, args.output,
+                          args.allow_unsafe_pickle, args.weights)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

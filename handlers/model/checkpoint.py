@@ -70,8 +70,9 @@ def build_architecture(name: str, num_classes: int) -> nn.Module:
     if source in ("", "torchvision"):
         import torchvision
 
-        if arch in torchvision.models.list_models():
-            return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        name = arch.partition(".")[0]  # torchvision:ARCH.WEIGHTS names the weights its recipe came from
+        if name in torchvision.models.list_models():
+            return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     raise ValueError(f"unknown architecture {name!r}: use 'timm:NAME' or 'torchvision:NAME'")
 
 

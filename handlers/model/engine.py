@@ -103,7 +103,7 @@ class Engine:
         if not (self.cpu and self.options.static_padding):
             return 0
         try:
-            return make_static(model, self.recipe.crop_size)
+            return make_static(model, self.recipe.crop_hw)
         except Exception as exc:  # the model keeps its own padding
             logger.warning("static padding refused: %s", exc)
             return 0
@@ -111,7 +111,7 @@ class Engine:
     def _build_graph(self, model: nn.Module) -> Graph:
         mode = resolve_mode(self.options.graph, self.device, self.autocast is not None)
         sizes = verification_sizes(self.chunk) if mode != "eager" else []
-        inputs = example_inputs(sizes, self.recipe.crop_size, lambda p: normalize(p, self.recipe),
+        inputs = example_inputs(sizes, self.recipe.crop_hw, lambda p: normalize(p, self.recipe),
                                 self.options.channels_last, self.device)
         graph = build_graph(model, mode, inputs, self._precision, self.autocast is not None,
                             onednn_fusion=self.options.onednn_fusion and self.cpu)
@@ -141,8 +141,7 @@ class Engine:
         return round((time.perf_counter() - start) * 1000)
 
     def _zeros(self, n: int) -> torch.Tensor:
-        size = self.recipe.crop_size
-        return torch.zeros(n, 3, size, size, dtype=torch.uint8, device=self.device)
+        return torch.zeros(n, 3, *self.recipe.crop_hw, dtype=torch.uint8, device=self.device)
 
     # -- per batch ---------------------------------------------------------------------------
     def run(self, pixels: torch.Tensor) -> Run:

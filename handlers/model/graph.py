@@ -108,13 +108,13 @@ def check_same(expected, actual, where: str, tolerance: float = TOLERANCE[False]
         raise ValueError(f"{where}: largest logit difference {diff.item():.3g} exceeds {tolerance} x {scale.item():.3g}")
 
 
-def example_inputs(sizes, crop: int, normalize, channels_last: bool, device: torch.device) -> list[torch.Tensor]:
+def example_inputs(sizes, crop: int | tuple[int, int], normalize, channels_last: bool, device: torch.device) -> list[torch.Tensor]:
     """Random photos-like inputs, normalised as requests are, one per batch size."""
     gen = torch.Generator().manual_seed(0)
     out = []
     with torch.inference_mode():  # as served: compiled graphs are guarded on it
         for n in sizes:
-            x = normalize(torch.randint(0, 256, (n, 3, crop, crop), dtype=torch.uint8, generator=gen).to(device))
+            x = normalize(torch.randint(0, 256, (n, 3, *((crop, crop) if isinstance(crop, int) else crop)), dtype=torch.uint8, generator=gen).to(device))
             out.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     return out
 

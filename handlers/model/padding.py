@@ -36,8 +36,9 @@ except ImportError:  # without timm no module pads this way
     SAME_CONVS = ()
 
 
-def make_static(model: nn.Module, size: int, check=None) -> int:
-    """Swap `model`'s dynamic-SAME convolutions for static ones at input size x size, in place.
+def make_static(model: nn.Module, size: int | tuple[int, int], check=None) -> int:
+    """Swap `model`'s dynamic-SAME convolutions for static ones at input size (size x size, or
+    (H, W)), in place.
 
     `check(expected, actual)` (default: handlers.graph.check_same, as for the frozen graph)
     raises if the logits moved; the swap is then undone and re-raised.
@@ -91,7 +92,7 @@ def static_conv(conv: nn.Conv2d, input_hw: tuple[int, int]) -> nn.Conv2d | None:
     return static.train(conv.training)
 
 
-def _input_sizes(model: nn.Module, size: int) -> dict[str, tuple[nn.Conv2d, tuple[int, int]]]:
+def _input_sizes(model: nn.Module, size) -> dict[str, tuple[nn.Conv2d, tuple[int, int]]]:
     """name -> (module, input (H, W)) of every dynamic-SAME convolution, from one forward pass."""
     found = {}
     hooks = [m.register_forward_pre_hook(lambda m, args, name=name: found.__setitem__(name, (m, tuple(args[0].shape[-2:]))))
@@ -107,10 +108,11 @@ def _input_sizes(model: nn.Module, size: int) -> dict[str, tuple[nn.Conv2d, tupl
     return found
 
 
-def _example(model: nn.Module, size: int) -> torch.Tensor:
+def _example(model: nn.Module, size) -> torch.Tensor:
     param = next(model.parameters())
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(2, 3, size, size, generator=gen).to(param.device, param.dtype)
+    h, w = (size, size) if isinstance(size, int) else size
+    return torch.randn(2, 3, h, w, generator=gen).to(param.device, param.dtype)
 
 
 def _channels_last(t: torch.Tensor) -> bool:

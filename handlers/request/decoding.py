@@ -83,7 +83,7 @@ def draft_jpeg(img: Image.Image, draft_size: int) -> None:
     """Ask Pillow to decode a JPEG by DCT scaling to the smallest size with both sides >=
     draft_size; `img.size` shows the result before decoding (unchanged when no scale fits)."""
     if img.format in ("JPEG", "MPO"):
-        img.draft("RGB", (draft_size, draft_size))
+        img.draft("RGB", (draft_size, draft_size) if isinstance(draft_size, int) else tuple(draft_size))
 
 
 def load_rgb(img: Image.Image, max_pixels: int, keep_gray: bool = False) -> Image.Image:

@@ -18,7 +18,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from ..model.recipe import Recipe
 from .decoding import JPEG_MODES, open_image
 from .errors import InputError
-from .pixels import TENSOR_RESIZE, _resize_crop
+from .pixels import _resize_crop, resizes_as_tensor
 
 logger = logging.getLogger(__name__)
 EXIF_ORIENTATION = 0x0112
@@ -52,10 +52,10 @@ def device_candidate(data: bytes, max_pixels: int) -> tuple[int, int] | None:
 def decode_on_device(images: list[bytes], recipe: Recipe, device: torch.device,
                      max_pixels: int) -> list[torch.Tensor | InputError | None]:
     """Per image: uint8 [3, crop, crop] on `device`, the InputError its header gives, or None
-    for the CPU path (not a JPEG, CMYK, refused by the device decoder, or a recipe whose
-    interpolation only Pillow has)."""
+    for the CPU path (not a JPEG, CMYK, refused by the device decoder, or a recipe that
+    resizes with Pillow)."""
     out: list = [None] * len(images)
-    if recipe.interpolation not in TENSOR_RESIZE:
+    if not resizes_as_tensor(recipe):
         return out
     calls, todo, budget = [[]], {}, 0
     for i, data in enumerate(images):

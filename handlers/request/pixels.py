@@ -34,18 +34,18 @@ def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = Tru
     img = open_image(data, max_pixels)
     size = img.size
     if draft:
-        draft_jpeg(img, recipe.resize_size)
+        draft_jpeg(img, draft_target(*size, recipe))
     with budget.hold(img.size[0] * img.size[1]) if budget else nullcontext():
-        if torchcodec and img.size == size and recipe.interpolation in TENSOR_RESIZE:
+        if torchcodec and img.size == size and resizes_as_tensor(recipe):
             pixels = jpeg_tensor(img, data)
             if pixels is not None:
                 return _resize_crop(pixels, recipe)
-        return recipe_pixels(load_rgb(img, max_pixels, keep_gray=recipe.interpolation in TENSOR_RESIZE), recipe)
+        return recipe_pixels(load_rgb(img, max_pixels, keep_gray=resizes_as_tensor(recipe)), recipe)
 
 
 def tensor_pixels(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     """uint8 [3, H, W] pixels a client decoded itself -> the recipe's [3, crop, crop]."""
-    if recipe.interpolation in TENSOR_RESIZE:
+    if resizes_as_tensor(recipe):
         return _resize_crop(pixels, recipe)
     return reference_pixels(F.to_pil_image(pixels), recipe)
 
@@ -58,34 +58,80 @@ MAX_ASPECT = 4  # longer panoramas are center-cropped to 4:1 first (same output,
 TENSOR_RESIZE = ("bilinear", "bicubic")
 
 
+def resizes_as_tensor(recipe: Recipe) -> bool:
+    """Center-crop recipes in bilinear or bicubic resize as tensors. Squash and border keep the
+    image's edges in the crop, where torch's and Pillow's kernels differ by a level or two along
+    the whole edge, so they take Pillow's resize: the same pixels as timm's own transform."""
+    return recipe.interpolation in TENSOR_RESIZE and recipe.crop_mode == "center"
+
+
 def recipe_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
     """RGB (or L) image -> uint8 tensor [3, crop, crop]: short side to resize_size, center crop.
     A grayscale image is resized as its one channel, then repeated: the same pixels as resizing
     its RGB form (each channel is resized alike), at a third of the memory."""
-    if recipe.interpolation not in TENSOR_RESIZE:
+    if not resizes_as_tensor(recipe):
         return reference_pixels(img if img.mode == "RGB" else img.convert("RGB"), recipe)
     # cropped before the copy into a tensor, which then shares Pillow's HWC layout: channels-last
-    pixels = _resize_crop(F.pil_to_tensor(_limit_aspect(img)), recipe)
+    pixels = _resize_crop(F.pil_to_tensor(_limit_aspect(img, recipe)), recipe)
     return pixels.expand(3, -1, -1).contiguous() if pixels.shape[0] == 1 else pixels
 
 
+def resize_arg(h: int, w: int, recipe: Recipe) -> int | list[int]:
+    """What torchvision's resize is given for an H x W image, with timm's eval arithmetic: an
+    int (the short side, torchvision's rule for the long one) for center mode at a square size,
+    else [H, W]: squash takes resize_size as it is; center at [H, W] matches the short side and
+    border the long one, the aspect kept and rounded (timm's ResizeKeepRatio)."""
+    rh, rw = recipe.resize_hw
+    if recipe.crop_mode == "squash":
+        return [rh, rw]
+    if recipe.crop_mode == "center" and rh == rw:
+        return rh
+    pick = max if recipe.crop_mode == "border" else min
+    ratio = pick(h / rh, w / rw)
+    return [round(h / ratio), round(w / ratio)]
+
+
+def draft_target(w: int, h: int, recipe: Recipe) -> tuple[int, int]:
+    """The (W, H) a JPEG may be DCT-scaled down to and still be resized down, never up."""
+    size = resize_arg(h, w, recipe)
+    if isinstance(size, int):
+        return size, size  # both sides >= the short side's target: the long side is larger still
+    return size[1], size[0]
+
+
+def _crop(image, recipe: Recipe):
+    """Center crop to crop_size; in border mode the resized image is first padded with the mean
+    colour where it is smaller (timm's CenterCropOrPad)."""
+    ch, cw = recipe.crop_hw
+    if recipe.crop_mode == "border":
+        w, h = F.get_size(image)[::-1]
+        if cw > w or ch > h:
+            pad_w, pad_h = max(cw - w, 0), max(ch - h, 0)
+            fill = recipe.fill if isinstance(image, torch.Tensor) else tuple(recipe.fill)
+            image = F.pad(image, [pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2], fill=fill)
+    return F.center_crop(image, [ch, cw])
+
+
 def _resize_crop(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    """uint8 [3, H, W] -> [3, crop, crop] with torch's antialiased resize, then center crop."""
-    left, top, right, bottom = _aspect_box(pixels.shape[-1], pixels.shape[-2])
-    pixels = F.resize(pixels[:, top:bottom, left:right], recipe.resize_size,
+    """uint8 [C, H, W] -> [C, crop_h, crop_w] with torch's antialiased resize, then the crop."""
+    if recipe.crop_mode == "center":
+        left, top, right, bottom = _aspect_box(pixels.shape[-1], pixels.shape[-2])
+        pixels = pixels[:, top:bottom, left:right]
+    pixels = F.resize(pixels, resize_arg(pixels.shape[-2], pixels.shape[-1], recipe),
                       interpolation=_INTERPOLATION[recipe.interpolation], antialias=True)
-    return F.center_crop(pixels, [recipe.crop_size, recipe.crop_size]).contiguous()
+    return _crop(pixels, recipe).contiguous()
 
 
 def reference_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
-    """The textbook pipeline on a PIL image: torchvision resize (Pillow), then center crop."""
-    img = _limit_aspect(img)
-    img = F.resize(img, recipe.resize_size, interpolation=_INTERPOLATION[recipe.interpolation])
-    img = F.center_crop(img, [recipe.crop_size, recipe.crop_size])
-    return F.pil_to_tensor(img)
+    """The textbook pipeline on a PIL image: torchvision resize (Pillow), then the crop."""
+    img = _limit_aspect(img, recipe)
+    img = F.resize(img, resize_arg(img.height, img.width, recipe), interpolation=_INTERPOLATION[recipe.interpolation])
+    return F.pil_to_tensor(_crop(img, recipe))
 
 
-def _limit_aspect(img: Image.Image) -> Image.Image:
+def _limit_aspect(img: Image.Image, recipe: Recipe) -> Image.Image:
+    if recipe.crop_mode != "center":  # squash and border use the whole image
+        return img
     box = _aspect_box(*img.size)
     return img if box == (0, 0, *img.size) else img.crop(box)
 
