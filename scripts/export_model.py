@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export a checkpoint (this project's format) to TorchScript or torch.export, verified first.
+"""Export a checkpoint (this project's format) to TorchScript, torch.export or ONNX, verified first.
 
 Before writing, the program and the eager model run the same real photos (preprocessed with the
 model's own recipe); any top-1 difference, or a logit difference over --tolerance, refuses.
@@ -19,9 +19,12 @@ from handlers.model.checkpoint import load_classifier  # noqa: E402
 from handlers.request.decoding import decode_image  # noqa: E402
 from handlers.model.recipe import normalize  # noqa: E402
 from handlers.request.pixels import recipe_pixels  # noqa: E402
+from modeltools.onnx_export import save_onnx  # noqa: E402
 from modeltools.save import save_exported, save_torchscript  # noqa: E402
 
-SAVERS = {"torchscript": save_torchscript, "export": save_exported}
+# onnx: for ONNX Runtime, OpenVINO or Triton (dynamic batch; recipe, labels and version in the
+# model's metadata), verified with ONNX Runtime; the handler serves the other two.
+SAVERS = {"torchscript": save_torchscript, "export": save_exported, "onnx": save_onnx}
 
 
 def photo_batch(photos: Path, recipe) -> torch.Tensor:
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     model, info = load_classifier(args.checkpoint, torch.device("cpu"))
     x = photo_batch(args.photos, info.recipe)
-    tmp = args.output.with_name(f".partial-{args.output.name}")  # keeps the .pt2 suffix torch.export wants
+    tmp = args.output.with_name(f".partial-{args.output.name}")  # keeps the suffix (.pt2, .onnx) each format wants
     try:
         program = SAVERS[args.format](model, x[:2], tmp, info)
         runnable = program.module() if args.format == "export" else program
