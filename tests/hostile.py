@@ -36,7 +36,13 @@ def _zeros_deflated(n: int) -> bytes:
 
 def _animated(frames: int, fmt: str) -> bytes:
     rng = np.random.default_rng(1)
-    images = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(frames)]
+    if fmt == "GIF":  # palette frames: nothing for Pillow to quantise
+        palette = rng.integers(0, 256, 768, dtype=np.uint8).tobytes()
+        images = [Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), "P") for _ in range(frames)]
+        for img in images:
+            img.putpalette(palette)
+    else:
+        images = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(frames)]
     return _save(images[0], fmt, save_all=True, append_images=images[1:], duration=10, loop=0)
 
 

@@ -122,6 +122,13 @@ def test_uint8_pixels_get_the_same_label_as_the_encoded_photo(handler, photos):
     assert triton_result(answer).as_numpy("label")[0, 0].decode() in labelled_photos()["dog1.jpg"]
 
 
+def test_an_all_json_body_ignores_a_stale_binary_header(photos):
+    body, _ = triton_request([photos["bus.jpg"]], binary=False)
+    for stale in ("142", "99999999"):
+        request = read_request({"body": body}, {"inference-header-content-length": stale}.get, LIMITS)
+        assert request.error is None and request.images == [photos["bus.jpg"]], request.error
+
+
 def test_binary_body_without_its_header_is_still_recognised(photos):
     body, _ = triton_request([photos["bus.jpg"]], binary=True)
     request = read_request({"body": body}, {}.get, LIMITS)
@@ -148,7 +155,7 @@ def _oip(tensor: dict, **extra) -> dict:
     ({"body": {"inputs": []}}, {}, 400, "bad_oip_request"),
     ({"body": {"inputs": [{"name": "a"}, {"name": "b"}]}}, {}, 400, "bad_oip_request"),
     ({"body": BINARY_HEAD + b"abc"}, {"inference-header-content-length": str(len(BINARY_HEAD))}, 400, "bad_binary_data"),
-    ({"body": b'{"inputs": []}'}, {"inference-header-content-length": "x"}, 400, "bad_binary_header"),
+    ({"body": b'{"inputs": []}\x00\x01'}, {"inference-header-content-length": "x"}, 400, "bad_binary_header"),
     ({"body": b'{"inputs": []'}, {"inference-header-content-length": "13"}, 400, "bad_json"),
     ({"body": {"instances": []}}, {}, 400, "bad_instances"),
     ({"body": {"instances": [{"jpeg": "x"}]}}, {}, 400, "bad_instances"),

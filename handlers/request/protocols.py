@@ -59,12 +59,14 @@ def read_request(item: dict, header: Callable[[str], str | None], limits: Limits
         value = body_value(item)
         if isinstance(value, (bytes, bytearray, str)):
             raw = as_bytes(value)
-            json_size = _binary_json_size(raw, header(BINARY_HEADER))
+            doc = parse_json(raw)
+            # not all JSON: perhaps the binary extension. A body that is all JSON is read as JSON
+            # whatever Inference-Header-Content-Length says (tritonclient leaves that header in
+            # the headers dict a caller passes, so the next JSON request carries a stale one).
+            json_size = _binary_json_size(raw, header(BINARY_HEADER)) if doc is None else None
             if json_size is not None:
                 protocol = OIP
-                doc = _json_prefix(raw, json_size)
-                return _request(OIP, oip.parse(doc, memoryview(raw)[json_size:], limits))
-            doc = parse_json(raw)
+                return _request(OIP, oip.parse(_json_prefix(raw, json_size), memoryview(raw)[json_size:], limits))
         else:
             doc = value
         if isinstance(doc, dict) and "inputs" in doc:
