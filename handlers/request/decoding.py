@@ -123,23 +123,46 @@ def to_rgb(img: Image.Image, keep_gray: bool = False) -> Image.Image:
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Float (0..1 or 0..255) or integer (16-bit) samples -> uint8, with one working copy in
-    float32 or int32 (a 50 MP image: 200 MB, not the 400 MB per step of float64)."""
+    """Float (0..1 or 0..255) or integer (16-bit) samples -> uint8, converted in blocks of rows
+    so the working copy (float32 or int32) stays a few MB, not a second full-size image."""
+    out = np.empty(arr.shape, np.uint8)
     if arr.dtype.kind == "f":
-        a = arr.astype(np.float32)
-        np.nan_to_num(a, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        top = 1.0 if a.size and 0.0 <= a.min() and a.max() <= 1.0 else 255.0
-        if top != 255.0:
-            a *= np.float32(255.0 / top)
-        np.clip(a, 0, 255, out=a)
-        return np.rint(a, out=a).astype(np.uint8)
-    # 16-bit samples (0..65535) -> 0..255 by the exact ratio 255/65535 = 1/257, rounded:
-    # round(v / 257) == (v + 128) // 257 for integers (257 is odd, so there are no ties)
-    a = arr.astype(np.int64 if arr.dtype.itemsize > 4 or arr.dtype == np.uint32 else np.int32)
-    np.clip(a, 0, 65535, out=a)
-    a += 128
-    a //= 257
-    return a.astype(np.uint8)
+        finite_max = _finite_max(arr)
+        scale = np.float32(255.0) if finite_max is not None and finite_max <= 1.0 and _finite_min(arr) >= 0.0 else None
+    for start in range(0, arr.shape[0], _BLOCK_ROWS):
+        block = arr[start:start + _BLOCK_ROWS]
+        if arr.dtype.kind == "f":
+            a = block.astype(np.float32)
+            np.nan_to_num(a, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            if scale is not None:
+                a *= scale
+            np.clip(a, 0, 255, out=a)
+            out[start:start + _BLOCK_ROWS] = np.rint(a, out=a)
+            continue
+        # 16-bit samples (0..65535) -> 0..255 by the exact ratio 255/65535 = 1/257, rounded:
+        # round(v / 257) == (v + 128) // 257 for integers (257 is odd, so there are no ties)
+        a = block.astype(np.int64 if arr.dtype.itemsize > 4 or arr.dtype == np.uint32 else np.int32)
+        np.clip(a, 0, 65535, out=a)
+        a += 128
+        a //= 257
+        out[start:start + _BLOCK_ROWS] = a
+    return out
+
+
+_BLOCK_ROWS = 256
+
+
+def _finite_max(arr: np.ndarray):
+    """The largest finite sample (NaN and inf count as 0, as the conversion treats them)."""
+    return max((float(np.where(np.isfinite(b), b, 0).max()) for b in _blocks(arr) if b.size), default=None)
+
+
+def _finite_min(arr: np.ndarray):
+    return min((float(np.where(np.isfinite(b), b, 0).min()) for b in _blocks(arr) if b.size), default=None)
+
+
+def _blocks(arr: np.ndarray):
+    return (arr[i:i + _BLOCK_ROWS] for i in range(0, arr.shape[0], _BLOCK_ROWS))
 
 
 _IMAGE_MAGIC = (
