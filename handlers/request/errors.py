@@ -17,6 +17,10 @@ class InputError(Exception):
         self.type = type_
         self.message = message
 
+    def at(self, where: str) -> "InputError":
+        """The same error, its message prefixed with where it happened ("instance 2 of 3")."""
+        return InputError(self.code, self.type, f"{where}: {self.message}")
+
     def to_body(self) -> dict:
         """The JSON body answered to the client: the full message, any Unicode in it kept."""
         return {"code": self.code, "type": self.type, "message": self.message}

@@ -27,9 +27,13 @@ def parse(doc: dict, limits) -> dict:
         try:
             images.append(decode_base64(_base64_of(instance).encode(), limits.max_bytes))
         except InputError as err:
-            raise InputError(err.code, err.type, f"instance {i} of {len(instances)}: {err.message}") from None
+            raise err.at(element(i, len(instances))) from None
     params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
     return {"images": images, "topk": doc.get("topk", params.get("topk"))}
+
+
+def element(index: int, count: int) -> str:
+    return f"instance {index} of {count}"
 
 
 def _base64_of(instance) -> str:

@@ -91,8 +91,12 @@ def _data(tensor: dict, binary: memoryview | None):
     return binary[:size]
 
 
-def _count(shape: list[int], limits, per_image: int = 1) -> int:
-    n = math.prod(shape) // per_image if per_image else 0
+def element(index: int, count: int) -> str:
+    return f"input element {index} of {count}"
+
+
+def _count(n: int, shape: list[int], limits) -> int:
+    """`n` images in a tensor of `shape`, checked against the request limit."""
     if n < 1:
         raise bad_request("bad_shape", f"The input holds no image (shape {shape}).")
     if n > limits.max_images:
@@ -101,7 +105,7 @@ def _count(shape: list[int], limits, per_image: int = 1) -> int:
 
 
 def _encoded_images(data, shape: list[int], limits) -> list[bytes]:
-    n = _count(shape, limits)
+    n = _count(math.prod(shape), shape, limits)
     if isinstance(data, memoryview):
         elements = _bytes_elements(data)
         to_image = lambda e: image_bytes(e, limits.max_bytes)  # noqa: E731  raw image, or base64 in binary
@@ -117,7 +121,7 @@ def _encoded_images(data, shape: list[int], limits) -> list[bytes]:
         try:
             images.append(to_image(element))
         except InputError as err:
-            raise InputError(err.code, err.type, f"input element {i} of {n}: {err.message}") from None
+            raise err.at(element(i, n)) from None
     return images
 
 
@@ -150,7 +154,7 @@ def _pixel_images(data, shape: list[int], limits) -> list[torch.Tensor]:
     if len(shape) != 4 or shape[3] != 3:
         raise bad_request("bad_shape", f"UINT8 pixels must have shape [N, H, W, 3], got {shape}.")
     n, h, w, _ = shape
-    _count(shape, limits, per_image=h * w * 3 or 1)
+    _count(n if h * w else 0, shape, limits)
     if h * w > limits.max_pixels:
         raise too_large("too_many_pixels", f"The pixels are {w}x{h}; this model accepts at most {limits.max_pixels} pixels.")
     expected = n * h * w * 3

@@ -45,11 +45,11 @@ class Request:
     error: InputError | None = None
 
     def element_error(self, index: int, err: InputError) -> InputError:
-        """An error of one image -> the request's error, naming the image when there are several."""
+        """An error of one image -> the request's error, naming the image in the KServe protocols."""
         if self.protocol == PLAIN:
             return err
-        where = f"instance {index}" if self.protocol == KSERVE_V1 else f"input element {index}"
-        return InputError(err.code, err.type, f"{where} of {len(self.images)}: {err.message}")
+        element = kserve_v1.element if self.protocol == KSERVE_V1 else oip.element
+        return err.at(element(index, len(self.images)))
 
 
 def read_request(item: dict, header: Callable[[str], str | None], limits: Limits) -> Request:
