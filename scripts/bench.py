@@ -282,7 +282,8 @@ def main(argv=None) -> int:
                             result = run_wrk(url, server.keys.inference, files, c, args.duration, bar)
                             runs.append({"size": size_name, "handler": handler, "round": rep, **result})
                 names = list(forms)  # one after another, so the ratios compare like with like; each round
-                for name in names[rep % len(names):] + names[:rep % len(names)]:  # starts at another form
+                first = rep % len(names) if names else 0  # starts at another form
+                for name in names[first:] + names[:first]:
                     form = forms[name]
                     bar.set_postfix_str(f"round {rep + 1}: 12MP as {name}")
                     result = run_wrk(form.url(server.inference_url, HANDLERS["ours"]), server.keys.inference, form.files,

@@ -57,16 +57,17 @@ def jpeg_bytes(img, **kwargs) -> bytes:
 
 @pytest.fixture
 def torchcodec_calls(monkeypatch):
-    """Counts the images TorchCodec decodes (their byte lengths, in call order)."""
-    from handlers.request import decoding as jpeg
+    """Counts the images TorchCodec decodes (their byte lengths, in call order), any format."""
+    from handlers.request import decoding
 
-    assert jpeg.decode_jpeg is not None, "torchcodec is a dependency (setup.cfg)"
     calls = []
-    real = jpeg.decode_jpeg
+    for name in ("decode_jpeg", "decode_png", "decode_webp"):
+        real = getattr(decoding, name)
+        assert real is not None, "torchcodec is a dependency (setup.cfg)"
 
-    def counted(data, **kwargs):
-        calls.append(len(data))
-        return real(data, **kwargs)
+        def counted(data, _real=real, **kwargs):
+            calls.append(len(data))
+            return _real(data, **kwargs)
 
-    monkeypatch.setattr(jpeg, "decode_jpeg", counted)
+        monkeypatch.setattr(decoding, name, counted)
     return calls

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from handlers.request.budget import DecodeBudget, release_freed_memory
 from handlers.request.decoding import _to_uint8
@@ -60,6 +61,17 @@ def test_float_conversion_matches_the_float64_reference_within_one_level(scale):
     assert list(got[:3]) == [0, 0, 0]
 
 
+@pytest.mark.parametrize("mode, dtype, top", [("I;16", np.uint16, 65535), ("I", np.int32, 65535), ("F", np.float32, 1.0),
+                                             ("F", np.float32, 255.0)])
+def test_a_pillow_image_converts_block_by_block_as_its_array_does(mode, dtype, top):
+    rng = np.random.default_rng(1)
+    arr = (rng.random((1500, 1100)) * top).astype(dtype)  # several blocks of rows
+    img = Image.fromarray(arr)
+    assert img.mode == mode and np.array_equal(np.asarray(img), arr)
+    assert np.array_equal(_to_uint8(img), _to_uint8(arr))
+    assert _to_uint8(img).max() >= 250  # scaled to the full 8-bit range, not clipped or left dark
+
+
 def test_freed_memory_is_given_back_on_glibc():
     import platform
 
@@ -68,3 +80,4 @@ def test_freed_memory_is_given_back_on_glibc():
     blocks = [bytearray(64 * 1024) for _ in range(2000)]  # 128 MB of heap chunks, then freed
     del blocks
     assert release_freed_memory() is True
+

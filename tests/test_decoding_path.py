@@ -1,18 +1,21 @@
-"""image_pixels: JPEGs go through TorchCodec where it matches Pillow, everything else through Pillow.
+"""image_pixels: JPEG, PNG and WebP go through TorchCodec where it matches Pillow, everything else through Pillow.
 
 The served pixels must be exactly what Pillow's path gives (decode_image + recipe_pixels), and
 each input must take the path the docs say it takes.
 """
 
 import io
+import struct
+import zlib
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from handlers.request import decoding as jpeg
 from handlers.request.errors import InputError
-from handlers.request.decoding import decode_image
+from handlers.request.decoding import decode_image, over_white
 from handlers.request.pixels import image_pixels, recipe_pixels
 from handlers.model.recipe import Recipe
 from tests.conftest import IMAGES, jpeg_bytes
@@ -71,13 +74,113 @@ def test_large_jpegs_keep_pillows_draft_decoding(torchcodec_calls):
     assert torchcodec_calls == [len(data)]
 
 
-@pytest.mark.parametrize("fmt, mode", [("PNG", "RGB"), ("WEBP", "RGB"), ("JPEG", "CMYK")])
-def test_other_formats_and_modes_stay_on_pillow(fmt, mode, torchcodec_calls):
+def encoded(img: Image.Image, fmt: str, **save) -> bytes:
     buf = io.BytesIO()
-    Image.open(IMAGES / "cat.jpg").convert(mode).save(buf, format=fmt)
-    data = buf.getvalue()
+    img.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("path", PHOTOS[:4], ids=lambda p: p.name)
+@pytest.mark.parametrize("fmt, mode, save", [
+    ("PNG", "RGB", {}), ("PNG", "L", {}), ("PNG", "RGB", {"optimize": True}),
+    ("WEBP", "RGB", {"quality": 80}), ("WEBP", "RGB", {"lossless": True}), ("WEBP", "L", {}),
+], ids=lambda v: str(v) if not isinstance(v, dict) else ",".join(v) or "-")
+def test_plain_png_and_webp_go_to_torchcodec_with_pillows_pixels(path, fmt, mode, save, torchcodec_calls):
+    data = encoded(Image.open(path).convert(mode), fmt, **save)
+    assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
+    assert torchcodec_calls == [len(data)]
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def _cat(mode="RGB", size=(320, 240)) -> Image.Image:
+    img = Image.open(IMAGES / "cat.jpg").convert(mode).resize(size)
+    if mode == "RGBA":  # a transparent corner: an encoder keeps the alpha channel
+        img.paste((0, 0, 0, 0), (0, 0, 40, 40))
+    return img
+
+
+def _animated_webp() -> bytes:
+    return encoded(_cat(), "WEBP", save_all=True, append_images=[_cat().rotate(90)], duration=50)
+
+
+def _apng() -> bytes:
+    return encoded(_cat(), "PNG", save_all=True, append_images=[_cat().rotate(90)])
+
+
+def _png16(channels: int) -> bytes:
+    """A 16-bit PNG, RGB (3 channels) or RGBA (4), written by hand: Pillow writes 16 bits only for grayscale."""
+    arr = np.random.default_rng(0).integers(0, 65536, (24, 32, channels), dtype=np.uint16)
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in arr)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 32, 24, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def _png_with_late_exif(orientation: int) -> bytes:
+    """A PNG whose eXIf chunk comes after the pixels: no header read shows it."""
+    data = encoded(_cat(), "PNG")
+    payload = _exif(orientation).tobytes()
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    return data[:-12] + chunk + data[-12:]  # before IEND
+
+
+@pytest.mark.parametrize("name, data", [
+    ("CMYK JPEG", lambda: jpeg_bytes(_cat("CMYK"))),
+    ("palette PNG", lambda: encoded(_cat("P"), "PNG")),
+    ("RGB PNG with tRNS", lambda: encoded(_cat(), "PNG", transparency=(0, 0, 0))),
+    ("16-bit RGB PNG", lambda: _png16(3)),
+    ("16-bit RGBA PNG", lambda: _png16(4)),
+    ("16-bit PNG", lambda: encoded(Image.fromarray(np.asarray(_cat("L"), np.uint16) * 257), "PNG")),
+    ("PNG with EXIF orientation", lambda: encoded(_cat(), "PNG", exif=_exif(6))),
+    ("PNG with EXIF after the pixels", lambda: _png_with_late_exif(6)),
+    ("animated PNG", _apng),
+    ("WebP with EXIF orientation", lambda: encoded(_cat(), "WEBP", exif=_exif(6))),
+    ("animated WebP", _animated_webp),
+    ("GIF", lambda: encoded(_cat(), "GIF")),
+    ("TIFF", lambda: encoded(_cat(), "TIFF")),
+    ("BMP", lambda: encoded(_cat(), "BMP")),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_what_torchcodec_would_not_match_stays_on_pillow(name, data, torchcodec_calls):
+    data = data()
     assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
     assert torchcodec_calls == []
+
+
+@pytest.mark.parametrize("name, data", [
+    ("RGBA PNG", lambda: encoded(_cat("RGBA"), "PNG")),
+    ("gray+alpha PNG", lambda: encoded(_cat("RGBA").convert("LA"), "PNG")),
+    ("RGBA WebP", lambda: encoded(_cat("RGBA"), "WEBP")),
+    ("lossless RGBA WebP", lambda: encoded(_cat("RGBA"), "WEBP", lossless=True)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_alpha_png_and_webp_are_composited_over_white_as_pillow_does(name, data, torchcodec_calls):
+    data = data()
+    assert Image.open(io.BytesIO(data)).mode in ("RGBA", "LA")
+    assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
+    assert len(torchcodec_calls) == 1
+
+
+def test_over_white_is_pillows_composite_for_every_value_and_alpha():
+    v = np.arange(256, dtype=np.uint8)
+    every = np.zeros((256, 256, 4), np.uint8)
+    every[..., :3] = v[:, None, None]
+    every[..., 3] = v[None, :]
+    expected = np.asarray(decode_image(encoded(Image.fromarray(every, "RGBA"), "PNG"), LIMIT))
+    ours = over_white(torch.from_numpy(every).permute(2, 0, 1))
+    assert ours.shape == (3, 256, 256) and np.array_equal(ours.permute(1, 2, 0).numpy(), expected)
+
+
+def test_png_exif_after_the_pixels_is_still_applied():
+    rotated = _png_with_late_exif(6)
+    assert image_pixels(rotated, LIMIT, RECIPE).shape == (3, 224, 224)
+    assert decode_image(rotated, LIMIT).size == (240, 320)  # portrait: the orientation was applied
 
 
 @pytest.mark.parametrize("interpolation", ["nearest", "lanczos"])

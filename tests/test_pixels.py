@@ -9,7 +9,7 @@ from torchvision.transforms.v2 import functional as F
 from handlers.request.errors import InputError
 from handlers.request.decoding import decode_image, to_rgb
 from handlers.model.recipe import normalize
-from handlers.request.pixels import recipe_pixels, reference_pixels
+from handlers.request.pixels import pil_tensor, recipe_pixels, reference_pixels
 from handlers.model.recipe import Recipe
 from tests.conftest import IMAGES, jpeg_bytes
 
@@ -44,6 +44,28 @@ def test_exif_orientation_is_applied():
 def test_alpha_is_composited_over_white_not_dropped():
     rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent black
     assert decode_image(encoded(rgba, "PNG"), LIMIT).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_alpha_is_composited_exactly_as_alpha_composite_over_white():
+    v = np.arange(256, dtype=np.uint8)
+    every = np.zeros((256, 256, 4), np.uint8)  # every sample value (rows) at every alpha (columns)
+    every[..., :3] = v[:, None, None]
+    every[..., 3] = v[None, :]
+    rgba = Image.fromarray(every, "RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    expected = np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    assert np.array_equal(np.asarray(to_rgb(rgba)), expected)
+    assert np.array_equal(np.asarray(to_rgb(rgba.convert("LA"))), np.asarray(
+        Image.alpha_composite(white, rgba.convert("LA").convert("RGBA")).convert("RGB")))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("w, h", [(1, 1), (7, 3), (3000, 2000), (1, 5000), (5000, 1)])
+def test_pil_tensor_is_torchvisions_pil_to_tensor(mode, w, h):
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+    ours, theirs = pil_tensor(img), F.pil_to_tensor(img)
+    assert ours.shape == theirs.shape and ours.stride() == theirs.stride()  # channels-last, like Pillow's HWC
+    assert torch.equal(ours, theirs)
 
 
 def test_16_bit_grayscale_is_scaled_not_clipped():

@@ -1,10 +1,11 @@
-"""Image bytes -> validated, decoded pixels (Pillow, or TorchCodec for JPEGs). Raises InputError only.
+"""Image bytes -> validated, decoded pixels (Pillow, or TorchCodec for JPEG, PNG and WebP). Raises InputError only.
 
-TorchCodec (torchvision's successor for image decoding) decodes a JPEG straight into a tensor,
-EXIF orientation applied, with the same pixels as Pillow plus `ImageOps.exif_transpose`
-(tests/test_decoding_path.py checks this on real photos and every orientation). Pillow's path
-costs a copy of the decoded image into the tensor that holds the GIL, which serialises the
-decoding threads of a batch.
+TorchCodec (torchvision's successor for image decoding) decodes JPEG, PNG and WebP straight
+into a tensor with the same pixels as Pillow (EXIF orientation applied to JPEGs as
+`ImageOps.exif_transpose` does; tests/test_decoding_path.py checks this on real photos and every
+orientation). Pillow's path costs a copy of the decoded image into the tensor that holds the
+GIL, which serialises the decoding threads of a batch, and a WebP decoded by Pillow holds three
+full-size buffers at once.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import bad_request, too_large, unsupported
 
 try:
-    from torchcodec.decoders import decode_jpeg
+    from torchcodec.decoders import decode_jpeg, decode_png, decode_webp
 except ImportError:  # not installed (or no wheel for this platform): Pillow decodes everything
-    decode_jpeg = None
+    decode_jpeg = decode_png = decode_webp = None
 
 # Formats decoded; Pillow is never asked to try any other plugin (EPS, PSD, ...).
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG covers MPO (phone photos)
@@ -93,7 +94,7 @@ def load_rgb(img: Image.Image, max_pixels: int, keep_gray: bool = False) -> Imag
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # not in place, it copies even an upright image
             return to_rgb(img, keep_gray)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise too_large("too_many_pixels", f"The image has more than {max_pixels} pixels.") from None
@@ -110,59 +111,81 @@ def to_rgb(img: Image.Image, keep_gray: bool = False) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        img = Image.fromarray(_to_uint8(np.asarray(img)), mode="L")
+        img = Image.fromarray(_to_uint8(img), mode="L")
     if keep_gray and img.mode in ("L", "1"):
         return img.convert("L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        # pasting through its own alpha gives exactly alpha_composite over opaque white (every
+        # value and alpha, tests/test_pixels.py), with two full-size images instead of four
+        background = Image.new("RGB", rgba.size, BACKGROUND)
+        background.paste(rgba, mask=rgba)
+        return background
     return img.convert("RGB")
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Float (0..1 or 0..255) or integer (16-bit) samples -> uint8, converted in blocks of rows
-    so the working copy (float32 or int32) stays a few MB, not a second full-size image."""
-    out = np.empty(arr.shape, np.uint8)
-    if arr.dtype.kind == "f":
-        finite_max = _finite_max(arr)
-        scale = np.float32(255.0) if finite_max is not None and finite_max <= 1.0 and _finite_min(arr) >= 0.0 else None
-    for start in range(0, arr.shape[0], _BLOCK_ROWS):
-        block = arr[start:start + _BLOCK_ROWS]
-        if arr.dtype.kind == "f":
-            a = block.astype(np.float32)
-            np.nan_to_num(a, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-            if scale is not None:
-                a *= scale
-            np.clip(a, 0, 255, out=a)
-            out[start:start + _BLOCK_ROWS] = np.rint(a, out=a)
-            continue
-        # 16-bit samples (0..65535) -> 0..255 by the exact ratio 255/65535 = 1/257, rounded:
-        # round(v / 257) == (v + 128) // 257 for integers (257 is odd, so there are no ties)
-        a = block.astype(np.int64 if arr.dtype.itemsize > 4 or arr.dtype == np.uint32 else np.int32)
-        np.clip(a, 0, 65535, out=a)
-        a += 128
-        a //= 257
-        out[start:start + _BLOCK_ROWS] = a
+def _to_uint8(samples) -> np.ndarray:
+    """Float (0..1 or 0..255) or integer (16-bit) samples, a numpy array or a Pillow image of
+    mode I;16, I or F -> uint8, converted a block of rows at a time, so the working copies (the
+    block's samples, then float32 or int32) stay a few MB, never a second full-size image."""
+    out = np.empty(_shape(samples), np.uint8)
+    scale = None
+    if _is_float(samples):  # a first pass for the range: 0..1 samples are scaled to 0..255
+        lows, highs = zip(*(_finite_range(b) for _, b in _blocks(samples))) if len(out) else ((0.0,), (0.0,))
+        scale = np.float32(255.0) if max(highs) <= 1.0 and min(lows) >= 0.0 else None
+    for start, block in _blocks(samples):
+        out[start:start + len(block)] = _block_to_uint8(block, scale)
     return out
 
 
-_BLOCK_ROWS = 256
+def _block_to_uint8(block: np.ndarray, scale) -> np.ndarray:
+    if block.dtype.kind == "f":
+        a = block.astype(np.float32)
+        np.nan_to_num(a, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        if scale is not None:
+            a *= scale
+        np.clip(a, 0, 255, out=a)
+        return np.rint(a, out=a)
+    # 16-bit samples (0..65535) -> 0..255 by the exact ratio 255/65535 = 1/257, rounded:
+    # round(v / 257) == (v + 128) // 257 for integers (257 is odd, so there are no ties)
+    a = block.astype(np.int64 if block.dtype.itemsize > 4 or block.dtype == np.uint32 else np.int32)
+    np.clip(a, 0, 65535, out=a)
+    a += 128
+    a //= 257
+    return a
 
 
-def _finite_max(arr: np.ndarray):
-    """The largest finite sample (NaN and inf count as 0, as the conversion treats them)."""
-    return max((float(np.where(np.isfinite(b), b, 0).max()) for b in _blocks(arr) if b.size), default=None)
+_BLOCK_BYTES = 4 << 20
 
 
-def _finite_min(arr: np.ndarray):
-    return min((float(np.where(np.isfinite(b), b, 0).min()) for b in _blocks(arr) if b.size), default=None)
+def _shape(samples) -> tuple:
+    return samples.shape if isinstance(samples, np.ndarray) else samples.size[::-1]
 
 
-def _blocks(arr: np.ndarray):
-    return (arr[i:i + _BLOCK_ROWS] for i in range(0, arr.shape[0], _BLOCK_ROWS))
+def _is_float(samples) -> bool:
+    return samples.dtype.kind == "f" if isinstance(samples, np.ndarray) else samples.mode == "F"
+
+
+def _blocks(samples):
+    """(first row, rows) blocks of an array, or of a Pillow image (each cropped and read on its own)."""
+    shape = _shape(samples)
+    h, w = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+    rows = max(1, _BLOCK_BYTES // max(1, w * 4))
+    for start in range(0, h, rows):
+        if isinstance(samples, np.ndarray):
+            yield start, samples[start:start + rows]
+        else:
+            yield start, np.asarray(samples.crop((0, start, w, min(h, start + rows))))
+
+
+def _finite_range(block: np.ndarray) -> tuple[float, float]:
+    """The smallest and largest finite sample (NaN and inf count as 0, as the conversion treats them)."""
+    if not block.size:
+        return 0.0, 0.0
+    finite = np.where(np.isfinite(block), block, 0)
+    return float(finite.min()), float(finite.max())
 
 
 _IMAGE_MAGIC = (
@@ -207,15 +230,44 @@ def _not_an_image(data: bytes):
 
 
 JPEG_MODES = ("RGB", "L")  # colour and grayscale JPEGs; CMYK/YCCK stay on Pillow's conversion
+# TorchCodec's decoder per format, and the Pillow modes it decodes alike: for PNG and WebP also
+# alpha, composited over white here. They take it only when Pillow would neither pick a frame nor
+# apply an EXIF orientation: one frame, and no EXIF block anywhere in the bytes (a PNG may carry
+# it after the pixels, where no header shows it). Palettes, tRNS and other bit depths stay with Pillow.
+_DIRECT_MODES = {"RGB": "RGB", "L": "GRAY", "RGBA": "RGB_ALPHA", "LA": "GRAY_ALPHA"}
+_EXIF_MARK = {"PNG": b"eXIf", "WEBP": b"EXIF"}
 
 
-def jpeg_tensor(img: Image.Image, data: bytes) -> torch.Tensor | None:
-    """[3, H, W] uint8 RGB of the JPEG whose header Pillow opened as `img`, or None when Pillow
-    should decode it: another format or mode, or data TorchCodec refuses (truncated, corrupt),
-    so that Pillow's checks give the error the client sees."""
-    if decode_jpeg is None or img.format not in ("JPEG", "MPO") or img.mode not in JPEG_MODES:
+def direct_tensor(img: Image.Image, data: bytes) -> torch.Tensor | None:
+    """[C, H, W] uint8 (C = 3, or 1 for a grayscale image; alpha composited over white) of the
+    image whose header Pillow opened as `img`, decoded by TorchCodec; None when Pillow should
+    decode it: another format or
+    mode, or data TorchCodec refuses (truncated, corrupt), so that Pillow's checks give the error
+    the client sees."""
+    decode = {"JPEG": decode_jpeg, "MPO": decode_jpeg, "PNG": decode_png, "WEBP": decode_webp}.get(img.format)
+    mark = _EXIF_MARK.get(img.format)
+    if decode is None or img.mode not in (_DIRECT_MODES if mark else JPEG_MODES):
+        return None
+    if mark and ("transparency" in img.info or getattr(img, "n_frames", 1) != 1 or mark in data):
+        return None
+    if img.format == "PNG" and data[24:25] != b"\x08":  # IHDR's bit depth: Pillow keeps 16-bit's high byte
         return None
     try:
-        return decode_jpeg(data, mode="RGB")
-    except RuntimeError:
+        pixels = decode(data, mode=_DIRECT_MODES[img.mode])
+    except (RuntimeError, ValueError):
         return None
+    return over_white(pixels) if img.mode in ("RGBA", "LA") else pixels
+
+
+def over_white(pixels: torch.Tensor) -> torch.Tensor:
+    """[C+1, H, W] uint8 with alpha last -> [C, H, W] composited over white, a band of rows at a
+    time, with Pillow's arithmetic (to_rgb's paste): (v * a + 255 * (255 - a)) / 255, rounded."""
+    channels, h, w = pixels.shape[0] - 1, pixels.shape[1], pixels.shape[2]
+    out = torch.empty((h, w, channels), dtype=torch.uint8).permute(2, 0, 1)
+    rows = max(1, _BLOCK_BYTES // (w * 16))
+    for top in range(0, h, rows):
+        band = pixels[:, top:top + rows].to(torch.int32)
+        alpha = band[channels:]
+        mixed = band[:channels] * alpha + 255 * (255 - alpha) + 128
+        out[:, top:top + rows] = (mixed + (mixed >> 8)) >> 8
+    return out

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from ..model.recipe import Recipe
 from .budget import DecodeBudget
-from .decoding import draft_jpeg, jpeg_tensor, load_rgb, open_image
+from .decoding import direct_tensor, draft_jpeg, load_rgb, open_image
 
 _INTERPOLATION = {
     "nearest": F.InterpolationMode.NEAREST,
@@ -24,9 +25,10 @@ def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = Tru
                  torchcodec: bool = True, budget: DecodeBudget | None = None) -> torch.Tensor:
     """Encoded image -> the recipe's uint8 tensor [3, crop, crop]: what the handler serves.
 
-    JPEGs that DCT scaling would not shrink (a side under twice the resize size) and whose
-    recipe resizes as tensors are decoded by TorchCodec straight into a tensor: the same pixels
-    as Pillow's, without Pillow's copy into the tensor, which holds the GIL (handlers/request/decoding.py).
+    When the recipe resizes as tensors, JPEGs that DCT scaling would not shrink (a side under
+    twice the resize size) and plain 8-bit PNGs and WebPs are decoded by TorchCodec straight
+    into a tensor: the same pixels as Pillow's, without Pillow's copy into the tensor, which
+    holds the GIL, and at a fraction of Pillow's memory (handlers/request/decoding.py).
     Everything else, anything TorchCodec refuses, and everything when `torchcodec` is False
     takes Pillow's path, whose checks and error messages stay the only ones a client sees.
     With `budget`, the pixels to decode (after DCT scaling) are held from it while decoding.
@@ -37,9 +39,9 @@ def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = Tru
         draft_jpeg(img, draft_target(*size, recipe))
     with budget.hold(img.size[0] * img.size[1]) if budget else nullcontext():
         if torchcodec and img.size == size and resizes_as_tensor(recipe):
-            pixels = jpeg_tensor(img, data)
+            pixels = direct_tensor(img, data)
             if pixels is not None:
-                return _resize_crop(pixels, recipe)
+                return _three_channels(_resize_crop(pixels, recipe))
         return recipe_pixels(load_rgb(img, max_pixels, keep_gray=resizes_as_tensor(recipe)), recipe)
 
 
@@ -72,8 +74,29 @@ def recipe_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
     if not resizes_as_tensor(recipe):
         return reference_pixels(img if img.mode == "RGB" else img.convert("RGB"), recipe)
     # cropped before the copy into a tensor, which then shares Pillow's HWC layout: channels-last
-    pixels = _resize_crop(F.pil_to_tensor(_limit_aspect(img, recipe)), recipe)
+    return _three_channels(_resize_crop(pil_tensor(_limit_aspect(img, recipe)), recipe))
+
+
+def _three_channels(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.expand(3, -1, -1).contiguous() if pixels.shape[0] == 1 else pixels
+
+
+BAND_BYTES = 4 << 20  # rows copied at a time from Pillow into the tensor
+
+
+def pil_tensor(img: Image.Image) -> torch.Tensor:
+    """8-bit L or RGB image -> uint8 [C, H, W], a channels-last view of an [H, W, C] tensor, the
+    same as torchvision's pil_to_tensor. Copied a band of rows at a time: pil_to_tensor goes
+    through `tobytes()`, which holds the whole image twice more (its chunks, then their join)."""
+    channels = len(img.getbands())
+    w, h = img.size
+    out = np.empty((h, w, channels), np.uint8)
+    rows = max(1, BAND_BYTES // (w * channels))
+    for top in range(0, h, rows):
+        bottom = min(h, top + rows)
+        band = img.crop((0, top, w, bottom)).tobytes()
+        out[top:bottom] = np.frombuffer(band, np.uint8).reshape(bottom - top, w, channels)
+    return torch.from_numpy(out).permute(2, 0, 1)
 
 
 def resize_arg(h: int, w: int, recipe: Recipe) -> int | list[int]:
