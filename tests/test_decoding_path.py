@@ -228,3 +228,33 @@ def test_switched_off_pillow_decodes_everything(torchcodec_calls):
     data = photo(IMAGES / "kitten.jpg", (500, 375))
     assert torch.equal(image_pixels(data, LIMIT, RECIPE, torchcodec=False), pillow_pixels(data))
     assert torchcodec_calls == []
+
+
+def _damaged(data: bytes, seed: int) -> list[bytes]:
+    """Truncations at 5% steps and just short of the end, and copies with 1-4 random bytes changed."""
+    rng = np.random.default_rng(seed)
+    out = [data[:len(data) * k // 20] for k in range(1, 20)] + [data[:-1], data[:-12]]
+    for _ in range(40):
+        d = bytearray(data)
+        for i in rng.integers(0, len(d), rng.integers(1, 5)):
+            d[i] = int(rng.integers(0, 256))
+        out.append(bytes(d))
+    return out
+
+
+@pytest.mark.parametrize("fmt, mode, save", [("PNG", "RGB", {}), ("PNG", "RGBA", {}), ("WEBP", "RGB", {"quality": 80}),
+                                             ("WEBP", "RGBA", {"lossless": True})])
+def test_damaged_png_and_webp_get_the_same_answer_with_or_without_torchcodec(fmt, mode, save):
+    def outcome(data, torchcodec):
+        try:
+            return image_pixels(data, LIMIT, RECIPE, torchcodec=torchcodec)
+        except InputError as err:
+            return err.code, err.type
+
+    for i, data in enumerate(_damaged(encoded(_cat(mode), fmt, **save), seed=len(fmt) + len(mode))):
+        ours, pillows = outcome(data, True), outcome(data, False)
+        if isinstance(ours, torch.Tensor) and isinstance(pillows, torch.Tensor):
+            assert torch.equal(ours, pillows), f"variant {i}: other pixels"
+        else:
+            assert ours == pillows, f"variant {i}: {ours if isinstance(ours, tuple) else 'pixels'} against Pillow's " \
+                                    f"{pillows if isinstance(pillows, tuple) else 'pixels'}"
