@@ -241,17 +241,16 @@ _EXIF_MARK = {"PNG": b"eXIf", "WEBP": b"EXIF"}
 def direct_tensor(img: Image.Image, data: bytes) -> torch.Tensor | None:
     """[C, H, W] uint8 (C = 3, or 1 for a grayscale image; alpha composited over white) of the
     image whose header Pillow opened as `img`, decoded by TorchCodec; None when Pillow should
-    decode it: another format or
-    mode, or data TorchCodec refuses (truncated, corrupt), so that Pillow's checks give the error
-    the client sees."""
+    decode it: another format or mode, or data TorchCodec refuses (truncated, corrupt), so that
+    Pillow's checks give the error the client sees."""
     decode = {"JPEG": decode_jpeg, "MPO": decode_jpeg, "PNG": decode_png, "WEBP": decode_webp}.get(img.format)
     mark = _EXIF_MARK.get(img.format)
     if decode is None or img.mode not in (_DIRECT_MODES if mark else JPEG_MODES):
         return None
     if mark and ("transparency" in img.info or getattr(img, "n_frames", 1) != 1 or mark in data):
         return None
-    if img.format == "PNG" and data[24:25] != b"\x08":  # IHDR's bit depth: Pillow keeps 16-bit's high byte
-        return None
+    if img.format == "PNG" and data[24:25] != b"\x08":  # IHDR's bit depth; of 16-bit samples Pillow
+        return None                                    # keeps the high byte, TorchCodec rounds
     try:
         pixels = decode(data, mode=_DIRECT_MODES[img.mode])
     except (RuntimeError, ValueError):
