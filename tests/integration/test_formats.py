@@ -1,12 +1,14 @@
-"""Each model format end to end through a real TorchServe: a converted training checkpoint, a
-TorchScript program and a torch.export program of the default weights, and a small eager model
-in TorchServe's model-file convention (served by a Python without this package)."""
+"""Each model format end to end through a real TorchServe: a TorchScript program and a
+torch.export program of the default weights (exported from a converted training checkpoint), and
+a small eager model in TorchServe's model-file convention (served by a Python without this
+package). This project's checkpoint format is the default model's, served by every other
+integration test."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.byom_fixtures import converted_default, exported, imagenet_labels, script  # noqa: F401
+from tests.byom_fixtures import converted_default, exported, imagenet_labels, script  # noqa: F401 (exported needs them)
 from tests.test_conversion import tiny_eager
 from tests.conftest import IMAGES, labelled_photos
 from tests.integration.conftest import METRICS_YAML, build_mar
@@ -15,7 +17,7 @@ from tsctl.local_server import TorchServe
 pytestmark = pytest.mark.integration
 
 
-def test_every_format_serves_the_labelled_photos(converted_default, exported, tmp_path, bare):
+def test_every_format_serves_the_labelled_photos(exported, tmp_path, bare):
     store = tmp_path / "store"
     store.mkdir()
     # a small eager model in TorchServe's convention: model file + plain state dict + index_to_name.json
@@ -24,8 +26,7 @@ def test_every_format_serves_the_labelled_photos(converted_default, exported, tm
                  "--labels", tmp_path / "index_to_name.json", "--recipe", '{"crop_size": 32, "resize_size": 36}',
                  "--model-name", "fmt_eager", "--export-path", store)
     assert out.returncode == 0 and tiny is not None, out.stderr
-    sources = {"fmt_checkpoint": converted_default, "fmt_torchscript": exported["torchscript"],
-               "fmt_export": exported["export"]}
+    sources = {"fmt_torchscript": exported["torchscript"], "fmt_export": exported["export"]}
     for name, path in sources.items():
         build_mar(path, store, name, sets=["batchSize=4", "maxBatchDelay=10"])
     ts = TorchServe(tmp_path / "ts", store, ",".join(f"{n}.mar" for n in [*sources, "fmt_eager"]), python=bare,
