@@ -5,8 +5,9 @@ burst, and RSS one minute after it, for one worker of the default model on its o
 Every accepted format is sent (JPEG, PNG 8- and 16-bit and with alpha, WebP with and without
 alpha, GIF, BMP, TIFF), each image just under `max_image_pixels` (a BMP that size is over
 `max_body_bytes`: it is refused unread), from `--clients` concurrent clients for `--rounds`
-rounds. Each `--variant` (the handler with some optimisations disabled) is measured the same
-way in the same run, one after another, each on a TorchServe of its own.
+rounds. Before the burst each format is sent once on its own: what one image at the limit
+costs. Each `--variant` (the handler with some optimisations disabled) is measured the same way
+in the same run, one after another, each on a TorchServe of its own.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def worker_rss(server: TorchServe, model: str) -> int:
     return sum(psutil.Process(pid).memory_info().rss for pid in server.worker_pids(model))
 
 
-def measure(config: dict, bodies: dict[str, bytes], args, work: Path, per_format: bool = False) -> dict:
+def measure(config: dict, bodies: dict[str, bytes], args, work: Path) -> dict:
     model = "memory_bench"
     build(args.checkpoint, model, "1.0", work / "store", config)
     server = TorchServe(work / "ts", work / "store", f"{model}.mar").start([model])
@@ -93,13 +94,13 @@ def measure(config: dict, bodies: dict[str, bytes], args, work: Path, per_format
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         alone = {}
-        for name in bodies if per_format else ():  # each format on its own first: what one image costs
+        for name in bodies:  # each format on its own first: what one image costs
             time.sleep(1)
             before, peak[:] = worker_rss(server, model), []
             server.post(model, data=bodies[name], timeout=300)
             time.sleep(0.3)
             alone[name] = round((max(peak, default=before) - before) / MIB)
-        time.sleep(1 if per_format else 0)
+        time.sleep(1)
         peak[:] = [idle]
         jobs = [name for _ in range(args.rounds) for name in bodies]
         codes: dict[str, dict[int, int]] = {}
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
         overrides = [*args.set, f"handler.disable=[{','.join(disabled)}]"]
         print(f"measuring {name} ...", flush=True)
         results[name] = measure(model_config(ROOT / "model-config.yaml", overrides), bodies,
-                                args, Path(tempfile.mkdtemp(prefix="memory-bench-")), per_format=not variant)
+                                args, Path(tempfile.mkdtemp(prefix="memory-bench-")))
     summary = {"max_image_pixels": limit, "clients": args.clients, "rounds": args.rounds, "after_s": args.after,
                "results": results}
     print(json.dumps(summary, indent=2))
@@ -154,9 +155,10 @@ def main(argv=None) -> int:
         print(f"| {name} | {r['idle_mib']:,} MiB | idle + {r['peak_mib'] - r['idle_mib']:,} MiB "
               f"| idle {r['after_mib'] - r['idle_mib']:+,} MiB | {r['burst_s']} s |")
     ours = results["this handler"]
-    print("\none image at the limit, sent alone: worker RSS peak over its RSS before\n| format | MiB |\n| --- | --- |")
-    for name, mib in ours["alone_mib"].items():
-        print(f"| {name} | {mib:,} |")
+    print("\none image at the limit, sent alone: worker RSS peak over its RSS before, MiB")
+    print("| format | " + " | ".join(results) + " |\n| --- |" + " --- |" * len(results))
+    for name in bodies:
+        print(f"| {name} | " + " | ".join(f"{r['alone_mib'][name]:,}" for r in results.values()) + " |")
     print(f"\nthis handler: peak idle + {ours['peak_mib'] - ours['idle_mib']} MiB (target <= 1024), "
           f"after idle {ours['after_mib'] - ours['idle_mib']:+} MiB (target <= 150), idle {ours['idle_mib']} MiB")
     if args.json:
