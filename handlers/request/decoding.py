@@ -126,16 +126,17 @@ def to_rgb(img: Image.Image, keep_gray: bool = False) -> Image.Image:
     return img.convert("RGB")
 
 
-def _to_uint8(samples) -> np.ndarray:
-    """Float (0..1 or 0..255) or integer (16-bit) samples, a numpy array or a Pillow image of
-    mode I;16, I or F -> uint8, converted a block of rows at a time, so the working copies (the
-    block's samples, then float32 or int32) stay a few MB, never a second full-size image."""
-    out = np.empty(_shape(samples), np.uint8)
+def _to_uint8(img: Image.Image) -> np.ndarray:
+    """A 16-bit, 32-bit or float image (modes I;16, I, F) -> uint8 samples: float 0..1 or 0..255,
+    integers as 16-bit. Converted a block of rows at a time, so the working copies (the block's
+    samples, then float32 or int32) stay a few MB, never a second full-size image."""
+    w, h = img.size
+    out = np.empty((h, w), np.uint8)
     scale = None
-    if _is_float(samples):  # a first pass for the range: 0..1 samples are scaled to 0..255
-        lows, highs = zip(*(_finite_range(b) for _, b in _blocks(samples))) if len(out) else ((0.0,), (0.0,))
+    if img.mode == "F":  # a first pass for the range: 0..1 samples are scaled to 0..255
+        lows, highs = zip(*(_finite_range(block) for _, block in _blocks(img)))
         scale = np.float32(255.0) if max(highs) <= 1.0 and min(lows) >= 0.0 else None
-    for start, block in _blocks(samples):
+    for start, block in _blocks(img):
         out[start:start + len(block)] = _block_to_uint8(block, scale)
     return out
 
@@ -157,27 +158,15 @@ def _block_to_uint8(block: np.ndarray, scale) -> np.ndarray:
     return a
 
 
-_BLOCK_BYTES = 4 << 20
+BAND_BYTES = 4 << 20  # full-size work is done a band of rows of about this many bytes at a time
 
 
-def _shape(samples) -> tuple:
-    return samples.shape if isinstance(samples, np.ndarray) else samples.size[::-1]
-
-
-def _is_float(samples) -> bool:
-    return samples.dtype.kind == "f" if isinstance(samples, np.ndarray) else samples.mode == "F"
-
-
-def _blocks(samples):
-    """(first row, rows) blocks of an array, or of a Pillow image (each cropped and read on its own)."""
-    shape = _shape(samples)
-    h, w = shape[0], int(np.prod(shape[1:], dtype=np.int64))
-    rows = max(1, _BLOCK_BYTES // max(1, w * 4))
+def _blocks(img: Image.Image):
+    """(first row, samples) for each band of rows of the image, each cropped and read on its own."""
+    w, h = img.size
+    rows = max(1, BAND_BYTES // (w * 4))
     for start in range(0, h, rows):
-        if isinstance(samples, np.ndarray):
-            yield start, samples[start:start + rows]
-        else:
-            yield start, np.asarray(samples.crop((0, start, w, min(h, start + rows))))
+        yield start, np.asarray(img.crop((0, start, w, min(h, start + rows))))
 
 
 def _finite_range(block: np.ndarray) -> tuple[float, float]:
@@ -263,7 +252,7 @@ def over_white(pixels: torch.Tensor) -> torch.Tensor:
     time, with Pillow's arithmetic (to_rgb's paste): (v * a + 255 * (255 - a)) / 255, rounded."""
     channels, h, w = pixels.shape[0] - 1, pixels.shape[1], pixels.shape[2]
     out = torch.empty((h, w, channels), dtype=torch.uint8).permute(2, 0, 1)
-    rows = max(1, _BLOCK_BYTES // (w * 16))
+    rows = max(1, BAND_BYTES // (w * 16))
     for top in range(0, h, rows):
         band = pixels[:, top:top + rows].to(torch.int32)
         alpha = band[channels:]

@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import functional as F
 
 from ..model.recipe import Recipe
 from .budget import DecodeBudget
-from .decoding import direct_tensor, draft_jpeg, load_rgb, open_image
+from .decoding import BAND_BYTES, direct_tensor, draft_jpeg, load_rgb, open_image
 
 _INTERPOLATION = {
     "nearest": F.InterpolationMode.NEAREST,
@@ -79,9 +79,6 @@ def recipe_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
 
 def _three_channels(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.expand(3, -1, -1).contiguous() if pixels.shape[0] == 1 else pixels
-
-
-BAND_BYTES = 4 << 20  # rows copied at a time from Pillow into the tensor
 
 
 def pil_tensor(img: Image.Image) -> torch.Tensor:
