@@ -19,17 +19,16 @@ from handlers.metrics import HandlerMetrics
 from handlers.model.checkpoint import load_classifier
 from handlers.model.device import select_device, single_threaded_torch
 from handlers.model.engine import Engine
-from handlers.request.answers import Decoded, answers
+from handlers.request.answers import top_k
+from handlers.request.batch import Batch
 from handlers.request.budget import DecodeBudget, release_freed_memory
 from handlers.request.device_decode import decode_on_device
-from handlers.request.errors import InputError
-from handlers.request.payload import parse_topk
+from handlers.request.errors import RequestError, internal_error
 from handlers.request.pixels import image_pixels, tensor_pixels
-from handlers.request.protocols import Limits, Request, read_request, response
+from handlers.request.protocols import read_request, response
 from handlers.settings import Settings
 
 logger = logging.getLogger(__name__)
-TOPK_HEADER = "x-topk"
 TRIM_AFTER_PIXELS = 16_000_000  # a batch that decoded more gives the freed heap back afterwards
 
 
@@ -38,27 +37,23 @@ class ImageClassifier(BaseHandler):
 
     def initialize(self, context):
         props = context.system_properties
-        self.settings = Settings.from_model_yaml(getattr(context, "model_yaml_config", None))
+        self.settings = s = Settings.from_model_yaml(getattr(context, "model_yaml_config", None))
         self.device = select_device(props.get("gpu_id"))
-        if self.device.type == "cpu" and self.settings.cpu_threads:
-            torch.set_num_threads(self.settings.cpu_threads)
+        if self.device.type == "cpu" and s.cpu_threads:
+            torch.set_num_threads(s.cpu_threads)
         artifact = Path(props["model_dir"]) / context.manifest["model"]["serializedFile"]
-        model, self.info = load_classifier(artifact, self.device, self.settings.enabled("channels_last"))
-        batch_size = int(props.get("batch_size") or 1)
-        self.engine = Engine(model, self.info.recipe, self.device, batch_size, self.settings.engine_options())
+        model, self.info = load_classifier(artifact, self.device, s.enabled("channels_last"), s.trust_program)
+        self.engine = Engine(model, self.info.recipe, self.device, int(props.get("batch_size") or 1), s.engine_options())
         # The version TorchServe serves is the archive's (`--version`); the checkpoint's may differ.
         self.version = str(context.manifest["model"].get("modelVersion") or self.info.version)
+        self.model_name = context.model_name
         # Pillow and torch release the GIL while decoding and resizing, so a batch decodes in
         # parallel; each decoding thread runs torch single-threaded (see single_threaded_torch).
-        self.decoders = ThreadPoolExecutor(self.settings.decode_threads or torch.get_num_threads(),
+        self.decoders = ThreadPoolExecutor(s.decode_threads or torch.get_num_threads(),
                                            thread_name_prefix="decode", initializer=single_threaded_torch)
-        # one image at the pixel limit decodes at a time (README, "Configuration": its memory)
-        self.budget = DecodeBudget(self.settings.max_image_pixels)
-        self.limits = Limits(self.settings.max_body_bytes, self.settings.max_images_per_request,
-                             self.settings.max_image_pixels)
-        self.model_name = context.model_name
-        # CUDA workers decode a batch's JPEGs in one nvJPEG call (handlers/request/device_decode.py)
-        self.device_decode = self.device.type == "cuda" and self.settings.enabled("device_decode")
+        self.budget = DecodeBudget(s.max_image_pixels)  # one image at the pixel limit decodes at a time
+        self.limits = s.limits(len(self.info.labels))
+        self.device_decode = self.device.type == "cuda" and s.device_decode
         self.metrics = HandlerMetrics(None, context.model_name)
         self.requests_served = 0
         self.ready_after_s = round(time.time() - psutil.Process().create_time(), 1)
@@ -70,97 +65,108 @@ class ImageClassifier(BaseHandler):
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
         return super().handle(data, context)
 
-    def preprocess(self, data):
-        """Each request on its own, in any protocol: (Request, Decoded or the InputError to answer)."""
+    def preprocess(self, data) -> Batch:
+        """Each request read and each image decoded on its own: what fails is that request's error."""
         start = time.perf_counter()
-        requests = list(self.decoders.map(self._read, range(len(data)), data))
-        # every image of every request decodes in parallel, so a request of N images takes one turn
-        jobs = [image for r in requests if r.error is None for image in r.images]
-        pixels = iter(self._decode_all(jobs))
-        decoded = []
-        for request in requests:
-            results = [next(pixels) for _ in request.images] if request.error is None else []
-            bad = next((i for i, p in enumerate(results) if isinstance(p, InputError)), None)
-            if bad is not None:
-                request.error = request.element_error(bad, results[bad])
-            if request.error is not None:
-                self.metrics.input_error(request.error.type)
-            decoded.append((request, request.error or Decoded(results, request.topk)))
+        batch = Batch.read(list(self.decoders.map(self._read, range(len(data)), data)))
+        batch.add_pixels(self._decode_all(batch.images()), self.device)
+        for err in batch.errors:
+            if err is not None and err.code < 500:
+                self.metrics.input_error(err.type)
         if self.budget.take_decoded() > TRIM_AFTER_PIXELS:
             release_freed_memory()
         self.metrics.batch(len(data))
         self.metrics.stage("decode", (time.perf_counter() - start) * 1000)
-        return decoded
+        return batch
 
-    def _read(self, idx: int, item) -> Request:
-        s = self.settings
-        headers = self._headers(idx)
-        request = read_request(item, headers.get, self.limits)
-        if request.error is None:
-            requested = request.topk if request.topk is not None else headers.get(TOPK_HEADER)
+    def inference(self, batch: Batch, *args, **kwargs) -> Batch:
+        if batch.pixels is not None:
             try:
-                request.topk = parse_topk(requested, s.topk, min(s.max_topk, len(self.info.labels)))
-            except InputError as err:
-                request.error = err
-        return request
+                run = self.engine.run(batch.pixels)
+            except Exception as exc:  # the pass failed for everyone in it: each gets a 500, logged
+                batch.fail_pending(self._bug("running the model on", exc))
+                return batch
+            batch.logits = run.logits
+            self.metrics.stage("inference", run.ms)
+            self.metrics.oom_splits(run.oom_splits)
+        return batch
+
+    def postprocess(self, batch: Batch) -> list:
+        start = time.perf_counter()
+        pending = batch.pending()
+        ks = [batch.requests[i].topk for i in pending for _ in batch.requests[i].images]
+        rows = top_k(batch.logits, self.info.labels, ks) if ks else []
+        out = [self._answer(batch, i, rows) for i in range(len(batch))]
+        self.metrics.stage("postprocess", (time.perf_counter() - start) * 1000)
+        return out
+
+    def _answer(self, batch: Batch, idx: int, rows: list):
+        """Request `idx`'s body, with its status and headers set on the context."""
+        error = batch.errors[idx]
+        if error is None:
+            try:
+                body, headers = response(batch.requests[idx], rows[batch.spans[idx]], self.model_name, self.version)
+                self._set_headers(idx, headers)
+                self.requests_served += 1
+                return body
+            except Exception as exc:
+                error = self._bug("answering", exc)
+        self._set_headers(idx, {"content-type": "application/json"})
+        self.context.set_response_status(error.code, error.reason(), idx)
+        return error.to_body()
+
+    def _read(self, idx: int, item):
+        """One request item -> its Request, or the RequestError it is answered with."""
+        try:
+            return read_request(item, self._headers(idx).get, self.limits)
+        except RequestError as err:
+            return err
+        except Exception as exc:
+            return self._bug("reading", exc)
 
     def _decode_all(self, images: list) -> list:
         if not self.device_decode:
             return list(self.decoders.map(self._decode, images))
         encoded = [i for i, image in enumerate(images) if not isinstance(image, torch.Tensor)]
-        on_device = dict(zip(encoded, decode_on_device([images[i] for i in encoded], self.info.recipe, self.device,
-                                                       self.settings.max_image_pixels)))
-        rest = [i for i in range(len(images)) if on_device.get(i) is None]
-        out = dict(on_device)
+        try:
+            results = decode_on_device([images[i] for i in encoded], self.info.recipe, self.device,
+                                       self.settings.max_image_pixels)
+        except Exception:  # the device path as a whole failed: every image takes the CPU path
+            logger.exception("decoding on %s failed; the batch decodes on the CPU", self.device)
+            results = [None] * len(encoded)
+        out = dict(zip(encoded, results))
+        rest = [i for i in range(len(images)) if out.get(i) is None]
         out.update(zip(rest, self.decoders.map(self._decode, [images[i] for i in rest])))
         return [out[i] for i in range(len(images))]
 
-    def _decode(self, image) -> torch.Tensor | InputError:
+    def _decode(self, image) -> torch.Tensor | RequestError:
+        """One image -> the recipe's pixels, or the RequestError its request is answered with."""
         s = self.settings
         try:
             if isinstance(image, torch.Tensor):
                 return tensor_pixels(image, self.info.recipe)
             return image_pixels(image, s.max_image_pixels, self.info.recipe, draft=s.enabled("jpeg_draft"),
                                 torchcodec=s.enabled("torchcodec"), budget=self.budget)
-        except InputError as err:
+        except RequestError as err:
             return err
-        except Exception as exc:  # a decoder bug must not cost the rest of the batch
-            logger.exception("unexpected error while decoding an image")
-            return InputError(400, "undecodable_input", f"The input could not be decoded: {exc}.")
+        except Exception as exc:
+            return self._bug("decoding an image of", exc)
+
+    def _bug(self, stage: str, exc: Exception) -> RequestError:
+        """A fault of ours in one request (or one pass): logged with its traceback, counted, a 500."""
+        logger.error("internal error while %s a request", stage, exc_info=exc)
+        self.metrics.internal_error(stage.split()[0])
+        return internal_error(stage, exc)
 
     def _headers(self, idx: int) -> dict:
         if not getattr(self.context, "request_processor", None):
             return {}
         return {k.lower(): v for k, v in (self.context.get_all_request_header(idx) or {}).items()}
 
-    def inference(self, decoded, *args, **kwargs):
-        good = [p for _, d in decoded if isinstance(d, Decoded) for p in d.pixels]
-        if not good:
-            return decoded, None
-        if any(p.device != good[0].device for p in good):  # some decoded on the device, some not
-            good = [p.to(self.device) for p in good]
-        run = self.engine.run(torch.stack(good))
-        self.metrics.stage("inference", run.ms)
-        self.metrics.oom_splits(run.oom_splits)
-        return decoded, run.logits
-
-    def postprocess(self, inferred):
-        start = time.perf_counter()
-        decoded, logits = inferred
-        results = answers([d for _, d in decoded], logits, self.info.labels)
-        out = []
-        for idx, ((request, _), result) in enumerate(zip(decoded, results)):
-            body, headers = response(request, result, self.model_name, self.version)
-            if getattr(self.context, "request_processor", None):
-                for key, value in headers.items():
-                    self.context.set_response_header(idx, key, value)
-            if isinstance(result, InputError):
-                self.context.set_response_status(result.code, result.reason(), idx)
-            else:
-                self.requests_served += 1
-            out.append(body)
-        self.metrics.stage("postprocess", (time.perf_counter() - start) * 1000)
-        return out
+    def _set_headers(self, idx: int, headers: dict) -> None:
+        if getattr(self.context, "request_processor", None):
+            for key, value in headers.items():
+                self.context.set_response_header(idx, key, value)
 
     def describe_handle(self):
         """Health for `GET /models/NAME?customized=true`."""

@@ -16,8 +16,10 @@ STAGE_MS = "ImageClassifierStageMilliseconds"  # dims: ModelName, Stage (decode 
 BATCHES = "ImageClassifierBatches"
 BATCHED_REQUESTS = "ImageClassifierBatchedRequests"
 INPUT_ERRORS = "ImageClassifierInputErrors"  # dims: ModelName, ErrorType
+INTERNAL_ERRORS = "ImageClassifierInternalErrors"  # dims: ModelName, Stage (reading | decoding | running | answering)
 OOM_SPLITS = "ImageClassifierOomBatchSplits"
-_DIMENSIONS = {STAGE_MS: ["ModelName", "Stage"], INPUT_ERRORS: ["ModelName", "ErrorType"]}
+_DIMENSIONS = {STAGE_MS: ["ModelName", "Stage"], INPUT_ERRORS: ["ModelName", "ErrorType"],
+               INTERNAL_ERRORS: ["ModelName", "Stage"]}
 _UNITS = {STAGE_MS: "ms"}
 
 
@@ -48,6 +50,9 @@ class HandlerMetrics:
 
     def input_error(self, error_type: str) -> None:
         self._count(INPUT_ERRORS, 1, error_type)
+
+    def internal_error(self, stage: str) -> None:
+        self._count(INTERNAL_ERRORS, 1, stage)
 
     def oom_splits(self, count: int) -> None:
         if count:

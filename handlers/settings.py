@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .model.engine import PRECISIONS, EngineOptions
-from .model.graph import MODES
+from .model.engine import EngineOptions
+from .request.request import Limits
 
-# Optimisations that `disable` can turn off, to compare or to work around a problem; each CPU
-# one is on by default because it measured faster at the same answers (docs/PERFORMANCE.md);
-# device_decode (CUDA workers only) has not been measured on a GPU yet.
-OPTIMIZATIONS = ("jpeg_draft", "torchcodec", "channels_last", "static_padding", "onednn_fusion", "cpu_streams",
-                 "device_decode")
+# Optimisations that `diagnostics: {disable: [...]}` turns off, to compare them or to work
+# around a problem; each is on by default because it measured faster at the same answers
+# (docs/PERFORMANCE.md). Not settings a deployment needs.
+OPTIMIZATIONS = ("jpeg_draft", "torchcodec", "channels_last", "static_padding", "onednn_fusion", "cpu_streams")
 
 
 @dataclass(frozen=True)
@@ -26,40 +25,41 @@ class Settings:
     cpu_threads: int = 0  # torch threads per CPU worker; 0 = OMP_NUM_THREADS if set, else one per core
     decode_threads: int = 0  # images of a batch decoded at once; 0 = one per torch thread of the worker
     quantize_int8: bool = False  # CPU only: dynamic int8 quantization of nn.Linear layers
-    disable: tuple = ()  # diagnostics: names from OPTIMIZATIONS to turn off
+    device_decode: bool = False  # CUDA workers: a batch's JPEGs decoded on the GPU (nvJPEG)
+    trust_program: bool = False  # serve a TorchScript / torch.export file (code); build_mar.py --trust-program
+    disable: tuple = ()  # from `diagnostics: {disable: [...]}`: names from OPTIMIZATIONS
 
     @classmethod
     def from_model_yaml(cls, model_yaml_config: dict | None) -> "Settings":
-        """Read `handler:` from model-config.yaml; unknown keys are an error, not a silent no-op."""
+        """Read `handler:` from model-config.yaml; unknown keys and ill-typed values are an
+        error, not a silent no-op. Every option is checked here, once."""
         section = dict((model_yaml_config or {}).get("handler") or {})
-        known = {f.name: f for f in fields(cls)}
+        diagnostics = section.pop("diagnostics", None) or {}
+        known = {f.name: f for f in fields(cls) if f.name != "disable"}
         unknown = sorted(set(section) - set(known))
         if unknown:
-            raise ValueError(f"unknown handler settings in model-config.yaml: {unknown}; known: {sorted(known)}")
-        values = {}
-        for name, value in section.items():
-            if name == "disable":
-                values[name] = _optimizations(value)
-                continue
-            kind = type(known[name].default)
-            if kind is bool and not isinstance(value, bool):
-                raise ValueError(f"handler setting {name} must be true or false, got {value!r}")
-            values[name] = kind(value)
-        settings = cls(**values)
-        if settings.precision not in PRECISIONS:
-            raise ValueError(f"handler setting precision must be one of {PRECISIONS}, got {settings.precision!r}")
-        if settings.graph not in MODES:
-            raise ValueError(f"handler setting graph must be one of {MODES}, got {settings.graph!r}")
+            raise ValueError(f"unknown handler settings in model-config.yaml: {unknown}; known: "
+                             f"{sorted(known) + ['diagnostics']}")
+        if not isinstance(diagnostics, dict) or set(diagnostics) - {"disable"}:
+            raise ValueError("handler setting diagnostics takes one key, disable: a list of optimisations")
+        values = {name: _typed(name, value, type(known[name].default)) for name, value in section.items()}
+        settings = cls(**values, disable=_optimizations(diagnostics.get("disable")))
         if settings.cpu_threads < 0 or settings.decode_threads < 0:
             raise ValueError("handler settings cpu_threads and decode_threads must be >= 0 (0: the default)")
-        if settings.max_images_per_request < 1:
-            raise ValueError("handler setting max_images_per_request must be >= 1")
+        if settings.max_images_per_request < 1 or settings.max_image_pixels < 1 or settings.max_body_bytes < 1:
+            raise ValueError("handler settings max_images_per_request, max_image_pixels and max_body_bytes must be >= 1")
         if not 1 <= settings.topk <= settings.max_topk:
             raise ValueError(f"handler setting topk must be in 1..max_topk ({settings.max_topk})")
+        settings.engine_options()  # precision and graph are checked where they are defined
         return settings
 
     def enabled(self, optimization: str) -> bool:
         return optimization not in self.disable
+
+    def limits(self, labels: int) -> Limits:
+        """What one request may hold and ask for, with a model of `labels` classes."""
+        return Limits(self.max_body_bytes, self.max_images_per_request, self.max_image_pixels, self.topk,
+                      min(self.max_topk, labels))
 
     def engine_options(self) -> EngineOptions:
         return EngineOptions(
@@ -69,9 +69,21 @@ class Settings:
         )
 
 
+def _typed(name: str, value, kind: type):
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"handler setting {name} must be true or false, got {value!r}")
+        return value
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"handler setting {name} must be {kind.__name__}, got {value!r}") from None
+
+
 def _optimizations(value) -> tuple:
     names = [value] if isinstance(value, str) else list(value or [])
     unknown = sorted(set(names) - set(OPTIMIZATIONS))
     if unknown:
-        raise ValueError(f"handler setting disable: unknown optimizations {unknown}; known: {list(OPTIMIZATIONS)}")
+        raise ValueError(f"handler setting diagnostics.disable: unknown optimizations {unknown}; "
+                         f"known: {list(OPTIMIZATIONS)}")
     return tuple(names)

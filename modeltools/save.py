@@ -32,8 +32,7 @@ def save_checkpoint(path, state_dict: dict, architecture: str, recipe: Recipe, l
 
 
 def metadata(info) -> str:
-    return json.dumps({"architecture": info.architecture, "recipe": info.recipe.to_dict(),
-                       "labels": list(info.labels), "version": info.version})
+    return json.dumps(info.to_dict())
 
 
 def save_torchscript(module: nn.Module, example: torch.Tensor, path, info) -> nn.Module:

@@ -29,7 +29,8 @@ PACKAGE = ROOT / "handlers"
 def validate(checkpoint: Path, settings: Settings, version: str) -> str:
     """Load the checkpoint as the handler will and run one dummy batch; returns a summary line
     naming the archive's `version` (what TorchServe serves) and the checkpoint's where it differs."""
-    model, info = load_classifier(checkpoint, torch.device("cpu"), settings.enabled("channels_last"))
+    model, info = load_classifier(checkpoint, torch.device("cpu"), settings.enabled("channels_last"),
+                                  settings.trust_program)
     assert_inference_ready(model)
     with torch.inference_mode():
         logits = model(torch.zeros(2, 3, *info.recipe.crop_hw))
@@ -38,7 +39,11 @@ def validate(checkpoint: Path, settings: Settings, version: str) -> str:
             f"{checkpoint}: model outputs {tuple(logits.shape)} for 2 images; "
             f"expected (2, {len(info.labels)}) for {len(info.labels)} labels"
         )
-    unsafe = " - WARNING: converted with --allow-unsafe-pickle (unsafe_source is recorded)" if info.unsafe_source else ""
+    unsafe = ""
+    if settings.trust_program and info.unsafe_source:
+        unsafe = " - WARNING: a program (code) served with --trust-program (unsafe_source is recorded)"
+    elif info.unsafe_source:
+        unsafe = " - WARNING: converted with --allow-unsafe-pickle (unsafe_source is recorded)"
     own = "" if info.version == version else f" (the checkpoint's own version: {info.version})"
     return f"{info.architecture} version {version}{own}, {len(info.labels)} classes, input {info.recipe.crop_hw[0]}x{info.recipe.crop_hw[1]} ({info.recipe.crop_mode} crop){unsafe}"
 
@@ -118,10 +123,13 @@ def main(argv=None) -> int:
     parser.add_argument("--recipe", help='with --model-file: JSON, e.g. {"crop_size": 224, "resize_size": 256}')
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a model-config.yaml key, e.g. batchSize=4 or handler.topk=3")
+    parser.add_argument("--trust-program", action="store_true",
+                        help="archive a TorchScript or torch.export file: loading one runs code from it, so only "
+                             "for files you trust (recorded in the archive, shown in health as unsafe_source)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            config = model_config(args.config, args.set)
+            config = model_config(args.config, args.set + (["handler.trust_program=true"] if args.trust_program else []))
             checkpoint = args.checkpoint
             if args.model_file:
                 checkpoint = eager_checkpoint(args.checkpoint, args.model_file, args.labels, args.recipe,

@@ -142,8 +142,9 @@ def main(argv=None) -> int:
     results = {}
     for variant in ["", *args.variant]:
         name = f"disable: [{variant}]" if variant else "this handler"
-        disabled = [*config["handler"].get("disable", []), *filter(None, variant.split(","))]
-        overrides = [*args.set, f"handler.disable=[{','.join(disabled)}]"]
+        shipped = (config["handler"].get("diagnostics") or {}).get("disable", [])
+        disabled = [*shipped, *filter(None, variant.split(","))]
+        overrides = [*args.set, f"handler.diagnostics.disable=[{','.join(disabled)}]"]
         print(f"measuring {name} ...", flush=True)
         results[name] = measure(model_config(ROOT / "model-config.yaml", overrides), bodies,
                                 args, Path(tempfile.mkdtemp(prefix="memory-bench-")))

@@ -14,8 +14,8 @@ from bench_report import markdown  # noqa: E402
 
 def test_variant_parses_name_and_overrides():
     assert parse_variant("threads1:handler.cpu_threads=1") == ("threads1", ["handler.cpu_threads=1"])
-    assert parse_variant("big:handler.decode_threads=4,handler.disable=[cpu_streams]") == (
-        "big", ["handler.decode_threads=4", "handler.disable=[cpu_streams]"])
+    assert parse_variant("big:handler.decode_threads=4,handler.diagnostics.disable=[cpu_streams]") == (
+        "big", ["handler.decode_threads=4", "handler.diagnostics.disable=[cpu_streams]"])
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -26,7 +26,7 @@ def test_variant_parses_name_and_overrides():
     ("stock:handler.cpu_threads=1", "taken by a built-in handler"),
     ("t1:handler.cpu_thread=1", "unknown handler settings"),  # typo: refused before any run
     ("t1:handler.quantize_int8=maybe", "must be true or false"),
-    ("t1:handler.disable=[speed]", "unknown optimizations"),
+    ("t1:handler.diagnostics.disable=[speed]", "unknown optimizations"),
 ])
 def test_bad_variants_are_refused_with_the_reason(text, fragment):
     with pytest.raises(argparse.ArgumentTypeError, match=fragment):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+import zipfile
 
 import pytest
 import torch
+import yaml
 
 from handlers.model.checkpoint import build_architecture, read_checkpoint
 from modeltools.convert import extract_state_dict, load_training_checkpoint, read_labels, recipe_for, strip_prefixes
@@ -80,12 +82,26 @@ def test_formats_are_detected(converted_default, exported):
 @pytest.mark.parametrize("fmt", ["checkpoint", "torchscript", "export"])
 def test_default_weights_through_each_path_classify_the_photos(fmt, converted_default, exported, photos, tmp_path):
     path = converted_default if fmt == "checkpoint" else exported[fmt]
-    handler = load_handler(path, tmp_path)
+    handler = load_handler(path, tmp_path, config={"handler": {"trust_program": fmt != "checkpoint"}})
+    assert handler.describe_handle()["unsafe_source"] is (fmt != "checkpoint")
     # torch.export graphs carry runtime shape assertions, which tracing refuses: served eagerly
     assert handler.engine.graph.kind == ("eager" if fmt == "export" else "frozen"), handler.engine.graph.note
     names = [n for n, ok in labelled_photos().items() if ok]
     for name, answer in zip(names, run_batch(handler, [{"body": photos[n]} for n in names])):
         assert answer.body[0]["label"] in labelled_photos()[name], (fmt, name, answer.body[0])
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "export"])
+def test_programs_are_code_and_load_only_when_trusted(fmt, exported, tmp_path):
+    with pytest.raises(ValueError, match="runs code from the file.*--trust-program"):
+        load_handler(exported[fmt], tmp_path)
+    refused = script("build_mar.py", "--checkpoint", exported[fmt], "--model-name", "p", "--export-path", tmp_path / "s")
+    assert refused.returncode == 2 and "--trust-program" in refused.stderr and not (tmp_path / "s").exists()
+    trusted = script("build_mar.py", "--checkpoint", exported[fmt], "--model-name", "p", "--export-path",
+                     tmp_path / "s", "--trust-program")
+    assert trusted.returncode == 0 and "unsafe_source is recorded" in trusted.stdout, trusted.stderr
+    with zipfile.ZipFile(tmp_path / "s" / "p.mar") as mar:
+        assert yaml.safe_load(mar.read("model-config.yaml"))["handler"]["trust_program"] is True
 
 
 def test_export_writes_nothing_when_verification_fails(default_checkpoint, tmp_path):

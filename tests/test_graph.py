@@ -145,7 +145,7 @@ def test_a_graph_failing_at_warm_up_is_replaced_by_the_eager_model(default_check
     monkeypatch.setattr(ic, "build_graph", build_then_break)
     # one multi-threaded pass per batch, so a batch of 3 is a pass of 3, which verification
     # (passes of 1, 2 and 4) does not cover
-    handler = load_handler(default_checkpoint, tmp_path, {"handler": {"disable": ["cpu_streams"]}}, batch_size=4)
+    handler = load_handler(default_checkpoint, tmp_path, {"handler": {"diagnostics": {"disable": ["cpu_streams"]}}}, batch_size=4)
     graph = handler.engine.graph
     assert graph.kind == "eager" and "failed at warm-up" in graph.note
     assert not isinstance(graph.module, FailsFromBatchThree) and handler.engine.warmup_ms > 0

@@ -146,7 +146,7 @@ def test_jpegs_decode_with_torchcodec_unless_draft_decoding_shrinks_them(handler
 
 
 def test_handler_settings_from_model_config(default_checkpoint, tmp_path, photos, torchcodec_calls):
-    settings = {"topk": 1, "disable": ["jpeg_draft", "torchcodec"]}
+    settings = {"topk": 1, "diagnostics": {"disable": ["jpeg_draft", "torchcodec"]}}
     h = load_handler(default_checkpoint, tmp_path, config={"handler": settings})
     answer = run_batch(h, [{"body": photos["kitten.jpg"]}])[0]
     assert len(answer.body) == 1 and torchcodec_calls == []  # Pillow decoded it
@@ -166,7 +166,7 @@ def test_cuda_path_autocast_float16_same_labels(default_checkpoint, tmp_path, ph
 
 
 def test_out_of_memory_splits_the_batch_and_still_answers_everything(default_checkpoint, tmp_path, photos):
-    h = load_handler(default_checkpoint, tmp_path, config={"handler": {"disable": ["cpu_streams"]}})
+    h = load_handler(default_checkpoint, tmp_path, config={"handler": {"diagnostics": {"disable": ["cpu_streams"]}}})
     real = h.engine.graph.module
 
     class MemoryForTwo(torch.nn.Module):
@@ -205,3 +205,53 @@ def test_decoding_threads_run_torch_single_threaded_and_the_forward_keeps_its_th
     assert in_decoders == {1}
     assert torch.get_num_threads() == before
     assert handler.describe_handle()["torch_threads"] == before
+
+
+def test_a_fault_of_ours_while_decoding_is_that_requests_logged_500(handler, photos, monkeypatch, caplog):
+    import handlers.image_classifier as module
+
+    real = module.image_pixels
+
+    def buggy(data, *args, **kwargs):
+        if data == photos["croco.jpg"]:
+            raise ZeroDivisionError("a decoder bug")
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(module, "image_pixels", buggy)
+    items = [{"body": photos["dog1.jpg"]}, {"body": photos["croco.jpg"]}, {"body": b"not an image"},
+             {"body": {"instances": [base64.b64encode(photos["dog2.jpg"]).decode(),
+                                     base64.b64encode(photos["croco.jpg"]).decode()]}}]
+    answers = run_batch(handler, items)
+    assert [a.status for a in answers] == [200, 500, 400, 500]
+    assert answers[0].body[0]["label"] == "Labrador retriever"
+    assert answers[1].body["type"] == "internal_error" and "ZeroDivisionError" in answers[1].body["message"]
+    kserve = json.loads(answers[3].body)
+    assert kserve["type"] == "internal_error" and kserve["error"].startswith("instance 1 of 2:")
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is ZeroDivisionError]
+    assert len(logged) == 2 and "decoding" in logged[0].getMessage()
+
+
+def test_faults_of_ours_while_reading_answering_or_running_stay_per_request(handler, photos, monkeypatch):
+    import handlers.image_classifier as module
+
+    real_read, real_response = module.read_request, module.response
+
+    def read(item, header, limits):
+        if item.get("body") == b"read me wrong":
+            raise RecursionError("a parser bug")
+        return real_read(item, header, limits)
+
+    def respond(request, rows, *args):
+        if request.topk == 2:
+            raise KeyError("an answer bug")
+        return real_response(request, rows, *args)
+
+    monkeypatch.setattr(module, "read_request", read)
+    monkeypatch.setattr(module, "response", respond)
+    items = [{"body": b"read me wrong"}, {"body": photos["dog1.jpg"]}, {"body": photos["dog2.jpg"]}]
+    answers = run_batch(handler, items, headers=[{}, {}, {"X-TopK": "2"}])
+    assert [(a.status, a.body["type"] if a.status != 200 else None) for a in answers] == [
+        (500, "internal_error"), (200, None), (500, "internal_error")]
+    monkeypatch.setattr(handler.engine, "run", lambda pixels: 1 / 0)
+    answers = run_batch(handler, [{"body": photos["dog1.jpg"]}, {"body": b"not an image"}])
+    assert [a.status for a in answers] == [500, 400] and "running the model" in answers[0].body["message"]

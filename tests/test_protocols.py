@@ -12,7 +12,9 @@ import tritonclient.http as triton
 from kserve import InferInput, InferRequest, InferResponse
 from PIL import Image
 
-from handlers.request.protocols import Limits, read_request
+from handlers.request.errors import RequestError
+from handlers.request.protocols import read_request
+from handlers.request.request import Limits
 from tests.clients import b64, triton_input
 from tests.conftest import labelled_photos
 from tests.handler_harness import run_batch
@@ -126,13 +128,13 @@ def test_an_all_json_body_ignores_a_stale_binary_header(photos):
     body, _ = triton_request([photos["bus.jpg"]], binary=False)
     for stale in ("142", "99999999"):
         request = read_request({"body": body}, {"inference-header-content-length": stale}.get, LIMITS)
-        assert request.error is None and request.images == [photos["bus.jpg"]], request.error
+        assert request.images == (photos["bus.jpg"],)
 
 
 def test_binary_body_without_its_header_is_still_recognised(photos):
     body, _ = triton_request([photos["bus.jpg"]], binary=True)
     request = read_request({"body": body}, {}.get, LIMITS)
-    assert request.error is None and request.protocol == "oip" and request.images == [photos["bus.jpg"]]
+    assert request.protocol == "oip" and request.images == (photos["bus.jpg"],)
 
 
 BINARY_HEAD = b'{"inputs":[{"name":"i","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":9}}]}'
@@ -162,9 +164,9 @@ def _oip(tensor: dict, **extra) -> dict:
     ({"body": {"instances": ["aGVsbG8="] * 5}}, {}, 413, "too_many_images"),
 ])
 def test_malformed_requests_are_typed_refusals(item, headers, code, type_):
-    request = read_request(item, headers.get, LIMITS)
-    assert request.error is not None, request
-    assert (request.error.code, request.error.type) == (code, type_), request.error.message
+    with pytest.raises(RequestError) as refused:
+        read_request(item, headers.get, LIMITS)
+    assert (refused.value.code, refused.value.type) == (code, type_), refused.value.message
 
 
 def test_refusals_answer_in_the_protocols_error_form(handler):

@@ -30,14 +30,27 @@ def test_precision_defaults_to_float16_autocast_on_cuda_and_float32_on_cpu():
 
 
 def test_disable_turns_off_named_optimisations_only():
-    s = Settings.from_model_yaml({"handler": {"disable": ["cpu_streams", "jpeg_draft"]}})
+    s = Settings.from_model_yaml({"handler": {"diagnostics": {"disable": ["cpu_streams", "jpeg_draft"]}}})
     options = s.engine_options()
     assert not options.cpu_streams and options.static_padding and options.channels_last
     assert not s.enabled("jpeg_draft") and s.enabled("torchcodec")
 
 
 @pytest.mark.parametrize("section", [{"topk": 0}, {"quantize_int8": "yes"}, {"precision": "float8"}, {"nope": 1},
-                                     {"graph": "jit"}, {"disable": ["speed"]}, {"cpu_threads": -1}])
+                                     {"graph": "jit"}, {"diagnostics": {"disable": ["speed"]}},
+                                     {"disable": ["cpu_streams"]}, {"diagnostics": ["x"]}, {"cpu_threads": -1},
+                                     {"max_topk": "many"}, {"device_decode": 1}, {"trust_program": "yes"}])
 def test_bad_settings_are_refused(section):
     with pytest.raises(ValueError):
         Settings.from_model_yaml({"handler": section})
+
+
+def test_device_decoding_is_off_and_programs_untrusted_unless_asked():
+    assert not Settings().device_decode and not Settings().trust_program
+    s = Settings.from_model_yaml({"handler": {"device_decode": True, "trust_program": True}})
+    assert s.device_decode and s.trust_program
+
+
+def test_limits_cap_topk_at_the_models_labels():
+    limits = Settings(max_topk=100).limits(labels=10)
+    assert (limits.topk, limits.max_topk) == (5, 10)

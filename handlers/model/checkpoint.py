@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .recipe import Recipe
+from .info import ModelInfo
+from .programs import PROGRAM_FORMATS, detect_format, load_program
 
 FORMAT = "ts-image-classifier/1"
-REQUIRED_KEYS = ("format", "architecture", "state_dict", "recipe", "labels", "version")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the checkpoint says about its model, besides the weights."""
-
-    architecture: str
-    recipe: Recipe
-    labels: tuple[str, ...]
-    version: str
-    unsafe_source: bool = False  # converted with an explicit opt-in to arbitrary unpickling
-
 
 
 def read_checkpoint(path) -> tuple[dict, ModelInfo]:
@@ -40,17 +27,9 @@ def read_checkpoint(path) -> tuple[dict, ModelInfo]:
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint (expected a dict with format={FORMAT!r})")
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path}: checkpoint is missing {missing}")
-    info = ModelInfo(
-        architecture=str(ckpt["architecture"]),
-        recipe=Recipe.from_dict(ckpt["recipe"]),
-        labels=tuple(str(x) for x in ckpt["labels"]),
-        version=str(ckpt["version"]),
-        unsafe_source=bool(ckpt.get("unsafe_source", False)),
-    )
-    return ckpt["state_dict"], info
+    if "state_dict" not in ckpt:
+        raise ValueError(f"{path}: checkpoint is missing ['state_dict']")
+    return ckpt["state_dict"], ModelInfo.from_dict(ckpt, path)
 
 
 def build_architecture(name: str, num_classes: int) -> nn.Module:
@@ -91,12 +70,19 @@ def _from_model_file(file_name: str, num_classes: int) -> nn.Module:
         return classes[0]()
 
 
-def load_classifier(path, device: torch.device, channels_last: bool = False) -> tuple[nn.Module, ModelInfo]:
-    """Checkpoint or program file -> (model in eval mode on `device`, info). ValueError on any mismatch."""
-    from .programs import detect_format, load_program
-
+def load_classifier(path, device: torch.device, channels_last: bool = False,
+                    trust_program: bool = False) -> tuple[nn.Module, ModelInfo]:
+    """Checkpoint or program file -> (model in eval mode on `device`, info). ValueError on any
+    mismatch, and for a program (TorchScript, torch.export) unless `trust_program`: loading one
+    runs code from the file."""
     kind = detect_format(path)
     if kind != "checkpoint":
+        if not trust_program:
+            raise ValueError(
+                f"{path} is a {PROGRAM_FORMATS[kind]} program: loading it runs code from the file "
+                f"({'torch.jit.load' if kind == 'torchscript' else 'torch.export.load, which unpickles with weights_only=False'})"
+                ", unlike a checkpoint's weights_only load. Archive the checkpoint it was exported from, or pass "
+                "--trust-program to build_mar.py if you trust where the file comes from (health then shows unsafe_source).")
         return load_program(path, kind, device, channels_last)
     state_dict, info = read_checkpoint(path)
     model = build_architecture(info.architecture, num_classes=len(info.labels))

@@ -31,7 +31,7 @@ from torch import nn
 
 from .checkpoint import assert_inference_ready, quantize_linear_int8
 from .device import memory_stats, single_threaded_torch
-from .graph import Graph, build_graph, example_inputs, resolve_mode, verification_sizes
+from .graph import MODES, Graph, build_graph, example_inputs, resolve_mode, verification_sizes
 from .padding import make_static
 from .recipe import Recipe, normalize
 
@@ -51,12 +51,15 @@ class EngineOptions:
     static_padding: bool = True  # CPU: TF-'SAME' convolutions padded at the crop size (same logits)
     onednn_fusion: bool = True  # CPU, frozen graphs: oneDNN Graph fusion
     cpu_streams: bool = True  # CPU: a batch of >= 1 image per torch thread runs as single-threaded streams
-    warmup: bool = True
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"handler setting precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.graph not in MODES:
+            raise ValueError(f"handler setting graph must be one of {MODES}, got {self.graph!r}")
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """The autocast dtype on `device`, or None for float32."""
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.precision == "auto":
             return torch.float16 if device.type == "cuda" else None
         return None if self.precision == "float32" else getattr(torch, self.precision)
@@ -89,13 +92,13 @@ class Engine:
         self.static_padding = self._make_padding_static(model)
         self.graph = self._build_graph(model)
         stream_count = torch.get_num_threads() if self.cpu and options.cpu_streams else 1
-        # their own threads, not the decoders': sharing them cost 13% on 12 MP photos
+        # their own threads, not the decoders': shared, a stream waits behind a 12 MP decode
         self.streams = (ThreadPoolExecutor(stream_count, thread_name_prefix="stream",
                                            initializer=single_threaded_torch) if stream_count > 1 else None)
         self.stream_count = stream_count
         self._lock = threading.Lock()
         self.runs = self.images = self.oom_splits = 0
-        self.warmup_ms = self._warm_up_or_fall_back(model) if options.warmup else None
+        self.warmup_ms = self._warm_up_or_fall_back(model)
         self.prepare_ms = round((time.perf_counter() - start) * 1000)
 
     # -- load time -------------------------------------------------------------------------

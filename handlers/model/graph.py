@@ -34,8 +34,6 @@ class Graph:
 
 def resolve_mode(mode: str, device: torch.device, autocast: bool) -> str:
     """`auto`: frozen on CPU without autocast (faster than eager: docs/PERFORMANCE.md), eager elsewhere."""
-    if mode not in MODES:
-        raise ValueError(f"handler setting graph must be one of {MODES}, got {mode!r}")
     if mode == "auto":
         return "freeze" if device.type == "cpu" and not autocast else "eager"
     return mode
@@ -55,8 +53,8 @@ def build_graph(model: nn.Module, mode: str, inputs: list[torch.Tensor], precisi
     start = time.perf_counter()
     try:
         if mode == "freeze":
-            # oneDNN Graph fuses the frozen graph's conv/activation chains on CPU: +15% img/s
-            # here at equal logits. A process-wide switch; only for graphs traced here (it
+            # oneDNN Graph fuses the frozen graph's conv/activation chains on CPU (faster at equal
+            # logits: docs/PERFORMANCE.md). A process-wide switch; only for graphs traced here (it
             # failed to compile partitions of a TorchScript program exported elsewhere).
             torch.jit.enable_onednn_fusion(onednn_fusion and not isinstance(model, torch.jit.ScriptModule))
             built = freeze(model, inputs)
@@ -82,7 +80,9 @@ def freeze(model: nn.Module, inputs: list[torch.Tensor]) -> torch.jit.ScriptModu
     """Trace and freeze `model`; refuse (ValueError) a trace that warned."""
     with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        script = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.trace(model, inputs[-1])
+        # no check_trace: verify() compares the frozen graph with the eager model right after
+        script = (model if isinstance(model, torch.jit.ScriptModule)
+                  else torch.jit.trace(model, inputs[-1], check_trace=False))
         frozen = torch.jit.freeze(script.eval())
     tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
     if tracer:  # data-dependent Python in forward(): the trace may not generalise

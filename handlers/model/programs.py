@@ -11,9 +11,10 @@ import zipfile
 
 import torch
 
-from .recipe import Recipe
+from .info import ModelInfo
 
 META = "meta.json"
+PROGRAM_FORMATS = {"torchscript": "TorchScript", "export": "torch.export"}
 
 
 def detect_format(path) -> str:
@@ -30,19 +31,21 @@ def detect_format(path) -> str:
     return "checkpoint"
 
 
-
-def _info(text, path):
-    from .checkpoint import ModelInfo
-
+def _info(text, path) -> ModelInfo:
+    """A program's meta.json -> ModelInfo, marked unsafe_source: the program is code."""
     if not text:
         raise ValueError(f"{path}: the program carries no {META} (architecture, recipe, labels, version); "
                          "write it with scripts/export_model.py")
-    meta = json.loads(text)
-    return ModelInfo(meta["architecture"], Recipe.from_dict(meta["recipe"]), tuple(meta["labels"]), str(meta["version"]))
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{path}: its {META} is not JSON ({exc})") from None
+    return ModelInfo.from_dict(meta, path, unsafe_source=True)
 
 
 def load_program(path, kind: str, device: torch.device, channels_last: bool):
-    """A TorchScript or torch.export program -> (module ready for inference on `device`, info)."""
+    """A TorchScript or torch.export program -> (module ready for inference on `device`, info).
+    Both loaders run code from the file: the caller has checked that the archive trusts it."""
     extra = {META: ""}
     if kind == "torchscript":
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)

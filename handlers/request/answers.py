@@ -1,26 +1,8 @@
-"""Decoded requests and logits -> one answer per request, in order: top-k labels or the request's error."""
+"""Logits -> top-k labels per image: the answer every protocol writes in its own form."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """One request ready for the engine: its images' pixels and how many labels it asked for."""
-
-    pixels: list  # uint8 [3, crop, crop] per image
-    topk: int
-
-
-def answers(requests: list, logits: torch.Tensor | None, labels) -> list:
-    """Per request (a Decoded or an InputError): one top-k list per image, or its InputError
-    unchanged. `logits` holds one row per image of the Decoded requests, in order."""
-    ks = [r.topk for r in requests if isinstance(r, Decoded) for _ in r.pixels]
-    rows = iter(top_k(logits, labels, ks) if ks else [])
-    return [[next(rows) for _ in r.pixels] if isinstance(r, Decoded) else r for r in requests]
 
 
 def top_k(logits: torch.Tensor, labels, ks: list[int]) -> list[list[dict]]:

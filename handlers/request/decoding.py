@@ -53,6 +53,14 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
     return load_rgb(img, max_pixels)
 
 
+def decode_pixels(img: Image.Image, data: bytes, max_pixels: int, tensor: bool = False,
+                  keep_gray: bool = False) -> torch.Tensor | Image.Image:
+    """An opened image's pixels, upright: with `tensor`, a uint8 [C, H, W] tensor (C = 3, or 1 for
+    grayscale) decoded by TorchCodec where it takes the image (direct_tensor); otherwise, or where
+    it does not, Pillow's RGB image (L for grayscale when `keep_gray`)."""
+    pixels = direct_tensor(img, data) if tensor else None
+    return pixels if pixels is not None else load_rgb(img, max_pixels, keep_gray)
+
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Encoded image -> a PIL image whose header is read and checked; no pixel decoded yet."""
@@ -94,7 +102,7 @@ def load_rgb(img: Image.Image, max_pixels: int, keep_gray: bool = False) -> Imag
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img.load()
-            ImageOps.exif_transpose(img, in_place=True)  # not in place, it copies even an upright image
+            ImageOps.exif_transpose(img, in_place=True)  # in place: a copy would be made even of an upright image
             return to_rgb(img, keep_gray)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise too_large("too_many_pixels", f"The image has more than {max_pixels} pixels.") from None

@@ -4,8 +4,12 @@ cropped there; everything the batched decoder cannot take goes back to the per-i
 Per image: the header is read and the pixel limit checked by Pillow first (open_image), as on
 the CPU path; only baseline-decodable JPEGs in RGB or grayscale go to the device, with their EXIF
 orientation read from the header and applied to the tensor (the device decoder ignores it). A
-batch the decoder refuses is retried image by image, so one bad file costs only itself: it is
-handed back to the CPU path, whose checks and messages are the ones a client sees.
+batch the decoder refuses is retried image by image, so one bad file costs only itself. Every
+step that fails for one image (its EXIF, its decode, its resize, the device's memory) hands that
+image back to the CPU path, whose checks and messages are the ones a client sees.
+
+Off by default (the handler setting `device_decode`): it has not yet been measured to pay on a
+GPU (scripts/gpu_bench.py times it beside the CPU path).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from ..model.recipe import Recipe
 from .decoding import JPEG_MODES, open_image
 from .errors import InputError
-from .pixels import _resize_crop, resizes_as_tensor
+from .pixels import resize_crop, resizes_as_tensor
 
 logger = logging.getLogger(__name__)
 EXIF_ORIENTATION = 0x0112
@@ -44,7 +48,10 @@ def device_candidate(data: bytes, max_pixels: int) -> tuple[int, int] | None:
     img = open_image(data, max_pixels)
     if img.format not in ("JPEG", "MPO") or img.mode not in JPEG_MODES:
         return None
-    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a corrupt EXIF block: the CPU path decodes it or says why not
+        return None
     orientation = orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
     return orientation, img.size[0] * img.size[1]
 
@@ -64,6 +71,9 @@ def decode_on_device(images: list[bytes], recipe: Recipe, device: torch.device,
         except InputError as err:
             out[i] = err
             continue
+        except Exception:  # anything else while reading its header: the CPU path decides
+            logger.exception("reading a JPEG header for the device decoder failed; the CPU path decodes it")
+            continue
         if candidate is None:
             continue
         todo[i], pixels = candidate
@@ -74,7 +84,10 @@ def decode_on_device(images: list[bytes], recipe: Recipe, device: torch.device,
         budget += pixels
     for call in calls:  # each call's full-size images are freed once cropped
         for i, pixels in _decode(call, images, device).items():
-            out[i] = _resize_crop(_UPRIGHT.get(todo[i], lambda t: t)(pixels), recipe)
+            try:
+                out[i] = resize_crop(_UPRIGHT.get(todo[i], lambda t: t)(pixels), recipe)
+            except Exception as exc:  # out of memory among them: this image takes the CPU path
+                logger.info("device resize failed for one image (%s); the CPU path decodes it", exc)
     return out
 
 
@@ -84,12 +97,12 @@ def _decode(indices: list[int], images: list[bytes], device: torch.device) -> di
     tensors = [torch.frombuffer(bytearray(images[i]), dtype=torch.uint8) for i in indices]
     try:
         return dict(zip(indices, decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)))
-    except RuntimeError as exc:  # one file the decoder refuses fails the call: find it
+    except Exception as exc:  # one file the decoder refuses (or memory) fails the call: find it
         logger.info("batched JPEG decode refused (%s); decoding %d images one by one", exc, len(indices))
     out = {}
     for i, tensor in zip(indices, tensors):
         try:
             out[i] = decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:
+        except Exception:  # noqa: BLE001
             pass  # the CPU path decodes it or answers why not
     return out

@@ -1,4 +1,4 @@
-"""KServe's v1 protocol: {"instances": [...]} -> images; answers -> {"predictions": [...]}.
+"""KServe's v1 protocol: {"instances": [...]} -> a Request; answers -> {"predictions": [...]}.
 
 Each instance is an image in base64: a string, {"b64": ...}, {"data": ...}, {"image": ...} or
 TensorFlow Serving's {"image_bytes": {"b64": ...}}. Top-k, when asked for, sits beside
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 
-from .errors import InputError, bad_request, too_large
+from .errors import RequestError, bad_request, too_large
 from .payload import decode_base64
+from .request import KSERVE_V1, Limits, Request, element
 
 INSTANCE_FIELDS = ("b64", "data", "image", "image_bytes")
 
 
-def parse(doc: dict, limits) -> dict:
+def parse(doc: dict, limits: Limits, topk_header: str | None) -> Request:
     instances = doc["instances"]
     if not isinstance(instances, list) or not instances:
         raise bad_request("bad_instances", '"instances" must be a non-empty list of base64 images.')
@@ -26,14 +27,10 @@ def parse(doc: dict, limits) -> dict:
     for i, instance in enumerate(instances):
         try:
             images.append(decode_base64(_base64_of(instance).encode(), limits.max_bytes))
-        except InputError as err:
-            raise err.at(element(i, len(instances))) from None
+        except RequestError as err:
+            raise err.at(element(KSERVE_V1, i, len(instances))) from None
     params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
-    return {"images": images, "topk": doc.get("topk", params.get("topk"))}
-
-
-def element(index: int, count: int) -> str:
-    return f"instance {index} of {count}"
+    return Request(KSERVE_V1, tuple(images), limits.resolve_topk(doc.get("topk", params.get("topk")), topk_header))
 
 
 def _base64_of(instance) -> str:

@@ -16,24 +16,25 @@ import struct
 
 import torch
 
-from .errors import InputError, bad_request, too_large
+from .errors import RequestError, bad_request, preview, too_large
+from .jsondoc import MAX_DEPTH
 from .payload import decode_base64, image_bytes
+from .request import OIP, OUTPUTS, Limits, Request, element
 
-OUTPUTS = ("label", "probability", "index")
 DATATYPES = {"label": "BYTES", "probability": "FP32", "index": "INT64"}
 _STRUCT = {"probability": "f", "index": "q"}
 
 
-def parse(doc: dict, binary: memoryview | None, limits) -> dict:
-    """An OIP request (its JSON part and the bytes after it) -> the fields of a Request."""
+def parse(doc: dict, binary: memoryview | None, limits: Limits, topk_header: str | None) -> Request:
+    """An OIP request (its JSON part and the bytes after it) -> its Request."""
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
         raise bad_request("bad_oip_request", '"inputs" must be a non-empty list of tensors.')
     if len(inputs) != 1:
         names = [i.get("name") for i in inputs][:8]
-        raise bad_request("bad_oip_request", f"This model takes one input, the images; got {len(inputs)}: {names}.")
+        raise bad_request("bad_oip_request", f"This model takes one input, the images; got {len(inputs)}: {preview(names)}.")
     tensor = inputs[0]
-    params = _params(doc)
+    params = _params(doc, "the request")
     outputs, binary_out = _outputs(doc, params)
     data = _data(tensor, binary)
     datatype, shape = tensor.get("datatype"), _shape(tensor.get("shape"))
@@ -43,18 +44,26 @@ def parse(doc: dict, binary: memoryview | None, limits) -> dict:
         images = _pixel_images(data, shape, limits)
     else:
         raise bad_request("unsupported_datatype", f"The input's datatype must be BYTES (encoded images) or "
-                                                  f"UINT8 (pixels [N, H, W, 3]), got {str(datatype)[:40]!r}.")
-    topk = params.get("topk", (tensor.get("parameters") or {}).get("topk"))
-    request_id = doc.get("id")
-    return {"images": images, "topk": topk, "id": None if request_id is None else str(request_id),
-            "outputs": outputs, "binary": binary_out}
+                                                  f"UINT8 (pixels [N, H, W, 3]), got {preview(datatype)}.")
+    topk = limits.resolve_topk(params.get("topk", _params(tensor, "the input").get("topk")), topk_header)
+    return Request(OIP, tuple(images), topk, _id(doc.get("id")), outputs, binary_out)
 
 
-def _params(doc: dict) -> dict:
-    params = doc.get("parameters") or {}
+def _params(obj: dict, where: str) -> dict:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
     if not isinstance(params, dict):
-        raise bad_request("bad_oip_request", '"parameters" must be an object.')
+        raise bad_request("bad_oip_request", f'"parameters" of {where} must be an object.')
     return params
+
+
+def _id(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    raise bad_request("bad_oip_request", f'"id" must be a string, got {type(value).__name__}.')
 
 
 def _outputs(doc: dict, params: dict) -> tuple[tuple, frozenset]:
@@ -65,34 +74,31 @@ def _outputs(doc: dict, params: dict) -> tuple[tuple, frozenset]:
     if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
         raise bad_request("bad_oip_request", '"outputs" must be a list of {"name": ...} objects.')
     names = [o.get("name") for o in requested]
-    unknown = [n for n in names if n not in OUTPUTS]
+    unknown = [n for n in names if not isinstance(n, str) or n not in OUTPUTS]
     if unknown or not names:
-        raise bad_request("unknown_output", f"This model's outputs are {list(OUTPUTS)}; asked for {names[:8]}.")
-    binary = {o["name"] for o in requested if (o.get("parameters") or {}).get("binary_data", all_binary) is True}
+        raise bad_request("unknown_output", f"This model's outputs are {list(OUTPUTS)}; asked for {preview(names[:8])}.")
+    binary = {o["name"] for o in requested if _params(o, f'output "{o["name"]}"').get("binary_data", all_binary) is True}
     return tuple(dict.fromkeys(names)), frozenset(binary)
 
 
 def _shape(shape) -> list[int]:
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise bad_request("bad_shape", f'The input\'s "shape" must be a list of non-negative integers, got {shape!r:.60}.')
+    if not isinstance(shape, list) or not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise bad_request("bad_shape", f'The input\'s "shape" must be a list of non-negative integers, got {preview(shape)}.')
     return shape
 
 
 def _data(tensor: dict, binary: memoryview | None):
     """The input's data: a JSON list, or its bytes from the binary part."""
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _params(tensor, "the input").get("binary_data_size")
     if size is None:
         if "data" not in tensor:
             raise bad_request("missing_data", 'The input has neither "data" nor parameters.binary_data_size.')
         return tensor["data"]
     if binary is None or not isinstance(size, int) or size < 0 or size > len(binary):
-        raise bad_request("bad_binary_data", f"binary_data_size {size!r} does not fit the "
+        raise bad_request("bad_binary_data", f"binary_data_size {preview(size)} does not fit the "
                                              f"{0 if binary is None else len(binary)} bytes after the JSON header.")
     return binary[:size]
-
-
-def element(index: int, count: int) -> str:
-    return f"input element {index} of {count}"
 
 
 def _count(n: int, shape: list[int], limits) -> int:
@@ -115,13 +121,13 @@ def _encoded_images(data, shape: list[int], limits) -> list[bytes]:
             raise bad_request("bad_data", "BYTES data in JSON must be base64 strings, one per image.")
         to_image = lambda e: decode_base64(e.encode(), limits.max_bytes)  # noqa: E731
     if len(elements) != n:
-        raise bad_request("bad_shape", f"The input's shape {shape} holds {n} elements; its data holds {len(elements)}.")
+        raise bad_request("bad_shape", f"The input's shape {preview(shape)} holds {n} elements; its data holds {len(elements)}.")
     images = []
-    for i, element in enumerate(elements):
+    for i, item in enumerate(elements):
         try:
-            images.append(to_image(element))
-        except InputError as err:
-            raise err.at(element(i, n)) from None
+            images.append(to_image(item))
+        except RequestError as err:
+            raise err.at(element(OIP, i, n)) from None
     return images
 
 
@@ -140,11 +146,15 @@ def _bytes_elements(data: memoryview) -> list[bytes]:
     return elements
 
 
-def _flatten(data) -> list:
+def _flatten(data, depth: int = 0) -> list:
+    """Nested lists -> their items in order, at most MAX_DEPTH lists deep (a parsed document
+    may come from TorchServe's own JSON parser, which allows far deeper nesting)."""
     if not isinstance(data, list):
         return [data]
+    if depth >= MAX_DEPTH:
+        raise bad_request("bad_json", f"The input's data nests lists more than {MAX_DEPTH} levels deep.")
     if any(isinstance(d, list) for d in data):
-        return [e for d in data for e in _flatten(d)]
+        return [e for d in data for e in _flatten(d, depth + 1)]
     return data
 
 
@@ -176,7 +186,7 @@ def _pixel_images(data, shape: list[int], limits) -> list[torch.Tensor]:
     return list(pixels.view(n, h, w, 3).permute(0, 3, 1, 2).unbind(0))
 
 
-def response(request, rows: list[list[dict]], model_name: str, version: str) -> tuple[bytes, dict]:
+def response(request: Request, rows: list[list[dict]], model_name: str, version: str) -> tuple[bytes, dict]:
     """Top-k rows of the request's images -> (body, headers): JSON, or JSON + binary outputs."""
     n, k = len(rows), len(rows[0]) if rows else 0
     columns = {name: [entry[name] for row in rows for entry in row] for name in OUTPUTS}

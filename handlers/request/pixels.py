@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import functional as F
 
 from ..model.recipe import Recipe
 from .budget import DecodeBudget
-from .decoding import BAND_BYTES, direct_tensor, draft_jpeg, load_rgb, open_image
+from .decoding import BAND_BYTES, decode_pixels, draft_jpeg, open_image
 
 _INTERPOLATION = {
     "nearest": F.InterpolationMode.NEAREST,
@@ -25,30 +25,29 @@ def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = Tru
                  torchcodec: bool = True, budget: DecodeBudget | None = None) -> torch.Tensor:
     """Encoded image -> the recipe's uint8 tensor [3, crop, crop]: what the handler serves.
 
-    When the recipe resizes as tensors, JPEGs that DCT scaling would not shrink (a side under
-    twice the resize size) and plain 8-bit PNGs and WebPs are decoded by TorchCodec straight
-    into a tensor: the same pixels as Pillow's, without Pillow's copy into the tensor, which
-    holds the GIL, and at a fraction of Pillow's memory (handlers/request/decoding.py).
-    Everything else, anything TorchCodec refuses, and everything when `torchcodec` is False
-    takes Pillow's path, whose checks and error messages stay the only ones a client sees.
-    With `budget`, the pixels to decode (after DCT scaling) are held from it while decoding.
+    JPEGs are DCT-scaled while decoding (`draft`) to the smallest size still resized down. When
+    the recipe resizes as tensors, images TorchCodec takes (`torchcodec`) are decoded straight
+    into a tensor (handlers/request/decoding.py); everything else takes Pillow's path, whose
+    checks and error messages stay the only ones a client sees. With `budget`, the pixels to
+    decode (after DCT scaling) are held from it while decoding and resizing.
     """
     img = open_image(data, max_pixels)
     size = img.size
     if draft:
         draft_jpeg(img, draft_target(*size, recipe))
     with budget.hold(img.size[0] * img.size[1]) if budget else nullcontext():
-        if torchcodec and img.size == size and resizes_as_tensor(recipe):
-            pixels = direct_tensor(img, data)
-            if pixels is not None:
-                return _three_channels(_resize_crop(pixels, recipe))
-        return recipe_pixels(load_rgb(img, max_pixels, keep_gray=resizes_as_tensor(recipe)), recipe)
+        as_tensor = resizes_as_tensor(recipe)
+        pixels = decode_pixels(img, data, max_pixels, tensor=torchcodec and as_tensor and img.size == size,
+                               keep_gray=as_tensor)
+        if isinstance(pixels, torch.Tensor):
+            return _three_channels(resize_crop(pixels, recipe))
+        return recipe_pixels(pixels, recipe)
 
 
 def tensor_pixels(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     """uint8 [3, H, W] pixels a client decoded itself -> the recipe's [3, crop, crop]."""
     if resizes_as_tensor(recipe):
-        return _resize_crop(pixels, recipe)
+        return resize_crop(pixels, recipe)
     return reference_pixels(F.to_pil_image(pixels), recipe)
 
 
@@ -74,7 +73,7 @@ def recipe_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
     if not resizes_as_tensor(recipe):
         return reference_pixels(img if img.mode == "RGB" else img.convert("RGB"), recipe)
     # cropped before the copy into a tensor, which then shares Pillow's HWC layout: channels-last
-    return _three_channels(_resize_crop(pil_tensor(_limit_aspect(img, recipe)), recipe))
+    return _three_channels(resize_crop(pil_tensor(_limit_aspect(img, recipe)), recipe))
 
 
 def _three_channels(pixels: torch.Tensor) -> torch.Tensor:
@@ -132,7 +131,7 @@ def _crop(image, recipe: Recipe):
     return F.center_crop(image, [ch, cw])
 
 
-def _resize_crop(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+def resize_crop(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     """uint8 [C, H, W] -> [C, crop_h, crop_w] with torch's antialiased resize, then the crop."""
     if recipe.crop_mode == "center":
         left, top, right, bottom = _aspect_box(pixels.shape[-1], pixels.shape[-2])

@@ -1,4 +1,4 @@
-"""One TorchServe request item -> a Request: which protocol it speaks, its images and options.
+"""One TorchServe request item -> a Request in the protocol it speaks; an answer -> its body.
 
 The protocol is read from the body, not the route: TorchServe hands the handler the same item
 for `/predictions/{m}`, `/v1/models/{m}:predict` and `/v2/models/{m}/infer`, and KServe's wrapper
@@ -12,77 +12,52 @@ forwards both KServe protocols to `/predictions/{m}`.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from typing import Callable
 
-from . import kserve_v1, oip
-from .errors import InputError, bad_request
-from .payload import as_bytes, body_value, from_body, parse_json
+from . import kserve_v1, oip, payload
+from .errors import RequestError, bad_request
+from .jsondoc import parse_json, value_end
+from .request import KSERVE_V1, OIP, PLAIN, Limits, Request
 
-PLAIN, KSERVE_V1, OIP = "plain", "kserve_v1", "oip"
 BINARY_HEADER = "inference-header-content-length"
+TOPK_HEADER = "x-topk"
+BINARY_JSON_MAX = 65536  # the JSON header of a binary body that came without its length (gRPC)
 JSON = {"content-type": "application/json"}
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_bytes: int  # per encoded image
-    max_images: int  # per request
-    max_pixels: int  # per image
-
-
-@dataclass
-class Request:
-    """What one request asks for. `images` hold encoded bytes or uint8 [3, H, W] pixel tensors."""
-
-    protocol: str = PLAIN
-    images: list = field(default_factory=list)
-    topk: object = None  # as the client sent it; checked by parse_topk
-    id: str | None = None  # OIP: echoed in the answer
-    outputs: tuple = oip.OUTPUTS  # OIP: the outputs asked for, in order
-    binary: frozenset = frozenset()  # OIP: outputs answered in the binary extension
-    error: InputError | None = None
-
-    def element_error(self, index: int, err: InputError) -> InputError:
-        """An error of one image -> the request's error, naming the image in the KServe protocols."""
-        if self.protocol == PLAIN:
-            return err
-        element = kserve_v1.element if self.protocol == KSERVE_V1 else oip.element
-        return err.at(element(index, len(self.images)))
-
-
 def read_request(item: dict, header: Callable[[str], str | None], limits: Limits) -> Request:
-    """A request item (and its headers, by lower-case name) -> a Request; never raises for bad input."""
+    """A request item (and its headers, by lower-case name) -> a Request. Bad input raises a
+    RequestError answered in the protocol the request was recognised as."""
     protocol = PLAIN
     try:
-        value = body_value(item)
+        value = payload.body_value(item)
+        topk_header = header(TOPK_HEADER)
         if isinstance(value, (bytes, bytearray, str)):
-            raw = as_bytes(value)
-            doc = parse_json(raw)
+            raw = payload.as_bytes(value)
+            try:
+                doc, too_deep = parse_json(raw), None
+            except RequestError as err:  # nested too deep: refused, unless only a binary body's JSON header
+                doc, too_deep = None, err
             # not all JSON: perhaps the binary extension. A body that is all JSON is read as JSON
             # whatever Inference-Header-Content-Length says (tritonclient leaves that header in
             # the headers dict a caller passes, so the next JSON request carries a stale one).
             json_size = _binary_json_size(raw, header(BINARY_HEADER)) if doc is None else None
             if json_size is not None:
                 protocol = OIP
-                return _request(OIP, oip.parse(_json_prefix(raw, json_size), memoryview(raw)[json_size:], limits))
+                return oip.parse(_json_prefix(raw, json_size), memoryview(raw)[json_size:], limits, topk_header)
+            if too_deep is not None:
+                raise too_deep
         else:
             doc = value
         if isinstance(doc, dict) and "inputs" in doc:
             protocol = OIP
-            return _request(OIP, oip.parse(doc, None, limits))
+            return oip.parse(doc, None, limits, topk_header)
         if isinstance(doc, dict) and "instances" in doc:
             protocol = KSERVE_V1
-            return _request(KSERVE_V1, kserve_v1.parse(doc, limits))
-        payload = from_body(value if doc is None else doc, limits.max_bytes)
-        return Request(PLAIN, [payload.image], payload.topk)
-    except InputError as err:
-        return Request(protocol, error=err)
-
-
-def _request(protocol: str, parsed: dict) -> Request:
-    return Request(protocol, **parsed)
+            return kserve_v1.parse(doc, limits, topk_header)
+        return payload.parse(value if doc is None else doc, limits, topk_header)
+    except RequestError as err:
+        raise err.answered_in(protocol) from None
 
 
 def _binary_json_size(raw: bytes, header: str | None) -> int | None:
@@ -93,36 +68,25 @@ def _binary_json_size(raw: bytes, header: str | None) -> int | None:
             raise bad_request("bad_binary_header", f"Inference-Header-Content-Length must be a byte count "
                                                    f"from 1 to the body's {len(raw)}, got {header[:40]!r}.")
         return int(header)
-    if raw[:1] != b"{" or b"binary_data_size" not in raw[:65536]:
+    head = raw[:BINARY_JSON_MAX]
+    if head[:1] != b"{" or b"binary_data_size" not in head:
         return None
-    text = raw.decode("utf-8", "surrogateescape")
-    try:
-        _, end = json.JSONDecoder().raw_decode(text)
-    except ValueError:
-        return None
-    size = len(text[:end].encode("utf-8", "surrogateescape"))
-    return size if size < len(raw) else None
+    end = value_end(head)
+    return end if end is not None and end < len(raw) else None
 
 
 def _json_prefix(raw: bytes, size: int) -> dict:
-    try:
-        doc = json.loads(raw[:size])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request("bad_json", f"The first {size} bytes (Inference-Header-Content-Length) are not "
-                                      f"a JSON object: {exc}.") from None
+    doc = parse_json(raw[:size])
     if not isinstance(doc, dict):
-        raise bad_request("bad_json", "The inference header must be a JSON object with \"inputs\".")
+        raise bad_request("bad_json", f"The first {size} bytes (Inference-Header-Content-Length) are not "
+                                      f"a JSON object with \"inputs\".")
     return doc
 
 
-def response(request: Request, result, model_name: str, version: str) -> tuple[object, dict]:
-    """A request and its result (one top-k list per image, or an InputError) -> (body, headers)."""
-    if isinstance(result, InputError):
-        if request.protocol == PLAIN:
-            return result.to_body(), JSON
-        return json.dumps(result.to_kserve_body()).encode(), JSON
+def response(request: Request, rows: list[list[dict]], model_name: str, version: str) -> tuple[object, dict]:
+    """A request and its images' top-k rows -> (body, headers) in its protocol."""
     if request.protocol == PLAIN:
-        return result[0], JSON
+        return rows[0], JSON
     if request.protocol == KSERVE_V1:
-        return kserve_v1.response(result), JSON
-    return oip.response(request, result, model_name, version)
+        return kserve_v1.response(rows), JSON
+    return oip.response(request, rows, model_name, version)

@@ -28,7 +28,7 @@ def test_every_format_serves_the_labelled_photos(exported, tmp_path, bare):
     assert out.returncode == 0 and tiny is not None, out.stderr
     sources = {"fmt_torchscript": exported["torchscript"], "fmt_export": exported["export"]}
     for name, path in sources.items():
-        build_mar(path, store, name, sets=["batchSize=4", "maxBatchDelay=10"])
+        build_mar(path, store, name, sets=["batchSize=4", "maxBatchDelay=10", "handler.trust_program=true"])
     ts = TorchServe(tmp_path / "ts", store, ",".join(f"{n}.mar" for n in [*sources, "fmt_eager"]), python=bare,
                     extra_config={"metrics_config": METRICS_YAML})
     ts.start([*sources, "fmt_eager"])
