@@ -36,13 +36,17 @@ class ImageClassifier(BaseHandler):
     """Image classification from any checkpoint or program in this project's format."""
 
     def initialize(self, context):
+        started = psutil.Process().create_time()
+        self.start_s = {"imports": round(time.time() - started, 2)}  # process start -> here: Python, torch, TorchServe
         props = context.system_properties
         self.settings = s = Settings.from_model_yaml(getattr(context, "model_yaml_config", None))
         self.device = select_device(props.get("gpu_id"))
         if self.device.type == "cpu" and s.cpu_threads:
             torch.set_num_threads(s.cpu_threads)
         artifact = Path(props["model_dir"]) / context.manifest["model"]["serializedFile"]
+        load = time.perf_counter()
         model, self.info = load_classifier(artifact, self.device, s.enabled("channels_last"), s.trust_program)
+        self.start_s["load_model"] = round(time.perf_counter() - load, 2)
         self.engine = Engine(model, self.info.recipe, self.device, int(props.get("batch_size") or 1), s.engine_options())
         # The version TorchServe serves is the archive's (`--version`); the checkpoint's may differ.
         self.version = str(context.manifest["model"].get("modelVersion") or self.info.version)
@@ -56,7 +60,8 @@ class ImageClassifier(BaseHandler):
         self.device_decode = self.device.type == "cuda" and s.device_decode
         self.metrics = HandlerMetrics(None, context.model_name)
         self.requests_served = 0
-        self.ready_after_s = round(time.time() - psutil.Process().create_time(), 1)
+        self.ready_after_s = round(time.time() - started, 1)
+        self.start_s["prepare_engine"] = round(self.engine.prepare_ms / 1000, 2)
         self.initialized = True
         logger.info("ready %.1f s after the worker started: %s v%s on %s", self.ready_after_s,
                     self.info.architecture, self.version, self.device)
@@ -178,6 +183,7 @@ class ImageClassifier(BaseHandler):
             "recipe": self.info.recipe.to_dict(),
             "unsafe_source": self.info.unsafe_source,
             "ready_after_s": self.ready_after_s,
+            "start_s": self.start_s,
             "requests_served": self.requests_served,
             **self.engine.describe(),
         }

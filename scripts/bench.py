@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import shutil
 import statistics
 import subprocess
@@ -263,7 +264,7 @@ def main(argv=None) -> int:
         server.client.management("PUT", f"/models/{HANDLERS['ours_scaled']}", params={
             "min_worker": args.scaled_workers, "max_worker": args.scaled_workers, "synchronous": "true"}).raise_for_status()
     runs, alone_rounds, form_runs = [], [], []
-    ready_s = worker_ready_s(server, HANDLERS["ours"], args.workers) if "ours" in handlers else None
+    restart = worker_restart(server, HANDLERS["ours"]) if "ours" in handlers else None
     try:
         # Rounds interleave everything (model alone, each size, each handler), so a slow
         # spell on a shared host hits all of them; each figure is the median over rounds.
@@ -294,7 +295,7 @@ def main(argv=None) -> int:
 
     report = {"host": host_info(threads), "model_alone_img_s": median_by_key(alone_rounds), "runs": median_runs(runs),
               "forms": median_runs(form_runs, key="form"),
-              "worker_ready_s": ready_s,
+              "worker_restart": restart,
               "agreement": agreement, "raw": {"runs": runs, "form_runs": form_runs, "model_alone_rounds": alone_rounds},
               "settings": {"batchSize": args.batch_size, "maxBatchDelay": args.max_batch_delay, "workers": args.workers,
                            "scaled_workers": args.scaled_workers, "scaled_threads": scaled_threads,
@@ -311,15 +312,26 @@ def main(argv=None) -> int:
     return 0
 
 
-def worker_ready_s(server: TorchServe, model: str, workers: int) -> float:
-    """Seconds from a fresh worker process's start to ready: the workers started with the server
-    are replaced (scaled to 0, then back, while nothing else loads) and a new one reports it."""
-    for count in (0, workers):
-        server.client.management("PUT", f"/models/{model}", params={
-            "min_worker": count, "max_worker": count, "synchronous": "true"}).raise_for_status()
-    desc = server.client.management("GET", f"/models/{model}", params={"customized": "true"}).json()[0]
-    health = desc["customizedMetadata"]
-    return float((json.loads(health) if isinstance(health, str) else health)["ready_after_s"])
+def worker_restart(server: TorchServe, model: str, kills: int = 2) -> dict:
+    """A worker killed (SIGKILL) while nothing else runs, `kills` times: the best time from the
+    kill to a new worker READY in TorchServe's description, and where the new worker's own
+    seconds went (its health's start_s: imports, model load, engine preparation)."""
+    times, health = [], {}
+    for _ in range(kills):
+        pid = server.worker_pids(model)[0]
+        start = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            desc = server.client.management("GET", f"/models/{model}", params={"customized": "true"}).json()[0]
+            if any(w["status"] == "READY" and w["pid"] != pid for w in desc["workers"]):
+                break
+            time.sleep(0.05)
+        times.append(time.monotonic() - start)
+        raw = desc["customizedMetadata"]
+        health = json.loads(raw) if isinstance(raw, str) else raw
+        time.sleep(2)
+    return {"kill_to_ready_s": round(min(times), 2), "kills": [round(t, 2) for t in times],
+            "process_to_ready_s": health.get("ready_after_s"), "start_s": health.get("start_s")}
 
 
 def median_by_key(rounds: list[dict]) -> dict:

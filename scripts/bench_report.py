@@ -83,10 +83,11 @@ def markdown(report) -> str:
     try:
         for what, ratio, goal, met in targets(report):
             lines.append(f"| {what} | {ratio:.3f}x | {goal} | {'yes' if met else 'NO'} |")
-        ready = report.get("worker_ready_s")
-        if ready is not None:  # seconds from a worker's process start to ready, the last start timed
-            lines.append(f"| worker start: process start to ready, default model | {ready:.1f} s | <= 8 s | "
-                         f"{'yes' if ready <= 8 else 'NO'} |")
+        restart = report.get("worker_restart")
+        if restart:  # a worker killed: seconds to a new one READY, best of the kills
+            ready = restart["kill_to_ready_s"]
+            lines.append(f"| worker restart: kill to READY, default model (best of {len(restart['kills'])}) | "
+                         f"{ready:.1f} s | <= 8 s | {'yes' if ready <= 8 else 'NO'} |")
     except (StopIteration, ValueError):  # a partial run (--sizes/--handlers): no ratios
         lines.append("| (partial run: targets need both handlers and both sizes) | | | |")
     for what, ratio, goal, met in form_targets(report):

@@ -5,109 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import requests
 
-from tsctl.keys import bearer, read_keys
-
-
-class ApiError(RuntimeError):
-    """A non-2xx answer, with the server's own reason."""
-
-
-class Client:
-    def __init__(self, inference_url: str, management_url: str, key_file: Path):
-        self.inference_url = inference_url.rstrip("/")
-        self.management_url = management_url.rstrip("/")
-        self.key_file = Path(key_file)
-        self.session = requests.Session()
-
-    def _keys(self):
-        return read_keys(self.key_file)
-
-    def _call(self, method: str, url: str, kind: str, **kwargs) -> requests.Response:
-        timeout = kwargs.pop("timeout", 120)
-        for attempt in range(2):
-            key = getattr(self._keys(), kind)
-            resp = self.session.request(method, url, headers=bearer(key), timeout=timeout, **kwargs)
-            if attempt == 0 and resp.status_code in (400, 401) and "Token Authori" in resp.text:
-                self.refresh_key(kind)  # expired: ask for a new one with the API key, then retry
-                continue
-            break
-        if resp.status_code >= 400:
-            raise ApiError(f"{method} {url} -> {resp.status_code}: {_reason(resp)}")
-        return resp
-
-    def refresh_key(self, kind: str) -> None:
-        """Have TorchServe issue a new inference or management key (it rewrites key_file.json)."""
-        resp = self.session.get(f"{self.management_url}/token", params={"type": kind},
-                                headers=bearer(self._keys().api), timeout=30)
-        if resp.status_code >= 400:
-            raise ApiError(f"refreshing the {kind} key -> {resp.status_code}: {_reason(resp)}")
-
-    def management(self, method: str, path: str, **kwargs) -> requests.Response:
-        return self._call(method, f"{self.management_url}{path}", "management", **kwargs)
-
-    def inference(self, method: str, path: str, **kwargs) -> requests.Response:
-        return self._call(method, f"{self.inference_url}{path}", "inference", **kwargs)
-
-    def predict(self, model: str, image: bytes, version: str | None = None) -> requests.Response:
-        path = f"/predictions/{model}" + (f"/{version}" if version else "")
-        return self.inference("POST", path, data=image)
-
-    def default_version(self, model: str) -> str:
-        return self.management("GET", f"/models/{model}").json()[0]["modelVersion"]
-
-    def versions(self, model: str) -> list[str]:
-        return [d["modelVersion"] for d in self.management("GET", f"/models/{model}/all").json()]
-
-    def register(self, url: str, workers: int = 1, model_name: str | None = None) -> str:
-        params = {"url": url, "initial_workers": workers, "synchronous": "true"}
-        if model_name:
-            params["model_name"] = model_name
-        return self.management("POST", "/models", params=params, timeout=900).json().get("status", "")
-
-    def scale(self, model: str, version: str | None, min_worker: int, max_worker: int | None = None) -> str:
-        path = f"/models/{model}" + (f"/{version}" if version else "")
-        params = {"min_worker": min_worker, "max_worker": max_worker or min_worker, "synchronous": "true"}
-        return self.management("PUT", path, params=params, timeout=900).json().get("status", "")
-
-    def set_default(self, model: str, version: str) -> str:
-        return self.management("PUT", f"/models/{model}/{version}/set-default").json().get("status", "")
-
-    def unregister(self, model: str, version: str | None = None) -> str:
-        path = f"/models/{model}" + (f"/{version}" if version else "")
-        return self.management("DELETE", path, timeout=300).json().get("status", "")
-
-    def wait_ready(self, model: str, timeout_s: float) -> dict:
-        """Poll describe until the model has a READY worker; returns its description."""
-        deadline = time.monotonic() + timeout_s
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            try:
-                if self.key_file.exists():
-                    desc = self.management("GET", f"/models/{model}").json()[0]
-                    if any(w.get("status") == "READY" for w in desc.get("workers", [])):
-                        return desc
-                    last = f"workers: {[w.get('status') for w in desc.get('workers', [])]}"
-                else:
-                    last = f"{self.key_file} not written yet"
-            except (requests.RequestException, ApiError, ValueError, KeyError) as exc:
-                last = str(exc)
-            time.sleep(1)
-        raise TimeoutError(f"model {model} not ready after {timeout_s:.0f}s ({last})")
-
-
-def _reason(resp: requests.Response) -> str:
-    try:
-        body = resp.json()
-    except ValueError:
-        return resp.text.strip()[:500] or resp.reason
-    if isinstance(body, dict):
-        return body.get("message") or json.dumps(body)
-    return json.dumps(body)[:500]
+from tsctl.client import ApiError, Client
+from tsctl.rollout import Gate, Plan, State, rollback, rollout
 
 
 def main(argv=None) -> int:
@@ -160,6 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--watch", type=float, default=60.0, help="seconds to watch the error rate after promotion")
     p.add_argument("--max-error-rate", type=float, default=0.05, help="error rate that triggers an automatic rollback")
     p.add_argument("--grace", type=float, default=30.0, help="seconds before the old version is unregistered")
+    p.add_argument("--recover", type=float, default=60.0,
+                   help="seconds a restore keeps retrying when TorchServe does not answer")
     p = sub.add_parser("rollback", help="make the previous default the default again")
     p.add_argument("model")
     p.add_argument("--workers", type=int, default=1)
@@ -228,23 +133,18 @@ def _unregister(client: Client, args) -> int:
     return 0
 
 
-def _state(client: Client, model: str):
-    from tsctl.rollout import State
-
+def _state(client: Client, model: str) -> State:
     return State(client.key_file.resolve().parent / ".tsctl" / f"{model}.json")
 
 
 def _rollout(client: Client, args) -> int:
-    from tsctl.rollout import Gate, rollout
-
     gate = Gate(args.min_agreement, args.max_errors, args.max_p99_ratio, args.p99_slack_ms)
-    return rollout(client, args.model, args.mar, args.golden, args.model_store, gate, args.watch,
-                   args.max_error_rate, args.grace, args.workers, _state(client, args.model))
+    plan = Plan(args.model, args.mar, args.golden, args.model_store, gate, args.workers, args.watch,
+                args.max_error_rate, args.grace, args.recover)
+    return rollout(client, plan, _state(client, args.model))
 
 
 def _rollback(client: Client, args) -> int:
-    from tsctl.rollout import rollback
-
     return rollback(client, args.model, _state(client, args.model), args.workers)
 
 

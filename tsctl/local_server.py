@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from tsctl.cli import Client
+from tsctl.client import Client
 from tsctl.keys import bearer, read_keys
 
 LAUNCH = "import sys; from ts.model_server import start; sys.exit(start())"

@@ -1,18 +1,32 @@
 """Gated version rollout: register beside the default, compare on a golden set, promote, watch,
-roll back by itself, and retire the old version after a grace period."""
+roll back by itself, and retire the old version after a grace period.
+
+Each step leaves the model in a known state whatever fails (an API error, a connection error, a
+timeout, a worker that dies): before promotion the new version is unregistered again and the old
+default was never touched; after promotion the old default is set back and the new version
+unregistered. While TorchServe does not answer, the restore is retried for `recover_s` seconds,
+and what is left to do is printed if it still does not. An archive already in the model store is
+never overwritten.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tsctl.cli import ApiError, Client
+import requests
+
+from tsctl.client import ApiError, Client
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# What may go wrong while talking to TorchServe: answers we did not want, no answer at all.
+FAULTS = (ApiError, requests.RequestException, TimeoutError, ValueError, KeyError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -21,6 +35,22 @@ class Gate:
     max_errors: int = 0  # failed golden requests tolerated on the new version
     max_p99_ratio: float = 3.0  # new p99 <= ratio x old p99 + slack
     p99_slack_ms: float = 200.0  # absolute allowance for noisy shared hosts
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one rollout does, and how patiently."""
+
+    model: str
+    mar: Path
+    golden: Path
+    model_store: Path
+    gate: Gate = Gate()
+    workers: int = 1  # workers of the new version
+    watch_s: float = 60.0  # seconds of error-rate watch after promotion
+    max_error_rate: float = 0.05  # during the watch, above this rolls back
+    grace_s: float = 30.0  # seconds before the old version is unregistered
+    recover_s: float = 60.0  # how long a restore keeps trying a server that does not answer
 
 
 @dataclass
@@ -37,7 +67,11 @@ class GoldenRun:
 
 
 def golden_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"the golden set {folder} is not a folder: name a folder of images your model should "
+                         "classify (a sample of real traffic), e.g. --golden samples/")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no images in the golden set folder {folder}")
     return files
@@ -45,7 +79,8 @@ def golden_files(folder: Path) -> list[Path]:
 
 def run_golden(client: Client, model: str, version: str, files: list[Path], repeats: int = 2) -> GoldenRun:
     """Each golden image through one version: a first pass for top-1 and errors (it also warms a
-    freshly started worker), then `repeats` timed passes for latency."""
+    freshly started worker), then `repeats` timed passes for latency. A request that fails is an
+    error of the version; a server that stops answering ends the run (raised)."""
     run = GoldenRun(version)
     for timed in [False] + [True] * repeats:
         for path in files:
@@ -83,35 +118,53 @@ def mar_version(mar: Path) -> tuple[str, str]:
     return model["modelName"], model["modelVersion"]
 
 
-def stage_archive(mar: Path, model: str, model_store: Path) -> tuple[str, str]:
-    """Copy the archive into the model store under a per-version name; returns (file name, version)."""
-    _, version = mar_version(mar)
+def stage_archive(mar: Path, model: str, version: str, model_store: Path) -> tuple[str, bool]:
+    """The archive in the model store under a per-version name -> (file name, whether it was
+    copied now). An archive of that name with other content is never overwritten: refused."""
     name = f"{model}-v{version}.mar"
     target = Path(model_store) / name
-    if Path(mar).resolve() != target.resolve():
-        shutil.copyfile(mar, target)
-    return name, version
+    if target.exists():
+        if _digest(target) != _digest(mar):
+            raise ValueError(f"{target} exists with other content: refusing to overwrite an archive the model store "
+                             f"may serve or roll back to. Give the new archive another --version.")
+        return name, False
+    partial = target.with_name(f".{name}.partial")
+    shutil.copyfile(mar, partial)
+    os.replace(partial, target)
+    return name, True
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def watch(client: Client, model: str, files: list[Path], seconds: float, max_error_rate: float, min_requests: int = 8):
-    """Probe the unversioned endpoint for `seconds`; returns None, or why it must roll back."""
+    """Probe the unversioned endpoint for `seconds`; returns None, or why it must roll back. A
+    request that fails in any way (an error answer, no answer) counts as an error; the rate is
+    judged early once `min_requests` were sent, and at the end on whatever was sent."""
     sent = failed = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         path = files[sent % len(files)]
         try:
-            client.predict(model, path.read_bytes())
-        except ApiError:
+            client.predict(model, path.read_bytes(), timeout=30)
+        except (ApiError, requests.RequestException):
             failed += 1
         sent += 1
         if sent >= min_requests and failed / sent > max_error_rate:
-            return f"error rate {failed}/{sent} = {failed / sent:.0%} > {max_error_rate:.0%} after promotion"
+            break
         time.sleep(0.1)
+    if sent and failed / sent > max_error_rate:
+        return f"error rate {failed}/{sent} = {failed / sent:.0%} > {max_error_rate:.0%} after promotion"
     return None
 
 
 class State:
-    """What rollback needs: the previous default and the archive it came from."""
+    """What rollback needs, per model: the previous default and the archive it came from."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -121,53 +174,127 @@ class State:
 
     def save(self, **values) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({**self.load(), **values}, indent=2))
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps({**self.load(), **values}, indent=2))
+        os.replace(partial, self.path)
 
 
-def rollout(client: Client, model: str, mar: Path, golden: Path, model_store: Path, gate: Gate,
-            watch_s: float, max_error_rate: float, grace_s: float, workers: int, state: State, log=print) -> int:
-    files = golden_files(golden)
+def retrying(action, recover_s: float, what: str, log=print):
+    """`action()`, retried while TorchServe does not answer (connection errors, timeouts), for up
+    to `recover_s` seconds; an answer, even an error, ends the retries."""
+    deadline, delay = time.monotonic() + recover_s, 0.5
+    while True:
+        try:
+            return action()
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log(f"  {what}: no answer ({type(exc).__name__}); retrying")
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
+
+
+class Restore:
+    """Puts the model back as it was before the rollout, whatever step failed."""
+
+    def __init__(self, client: Client, plan: Plan, old: str, new: str, staged: Path | None, log=print):
+        self.client, self.plan, self.old, self.new, self.staged, self.log = client, plan, old, new, staged, log
+
+    def before_promotion(self) -> bool:
+        """The new version unregistered; the old default was never changed."""
+        return self._steps([(f"unregister v{self.new}", self._unregister_new)])
+
+    def after_promotion(self) -> bool:
+        """The old default set back, then the new version unregistered."""
+        set_old = (f"set v{self.old} as the default", lambda: self.client.set_default(self.plan.model, self.old))
+        return self._steps([set_old, (f"unregister v{self.new}", self._unregister_new)])
+
+    def _unregister_new(self):
+        try:
+            self.client.unregister(self.plan.model, self.new)
+        except ApiError as exc:
+            if exc.status != 404:  # 404: it was never registered, which is the state wanted
+                raise
+
+    def _steps(self, steps) -> bool:
+        for what, action in steps:
+            try:
+                retrying(action, self.plan.recover_s, what, self.log)
+            except FAULTS as exc:
+                todo = ", then ".join(w for w, _ in steps[steps.index((what, action)):])
+                self.log(f"could not {what}: {exc}\n  {self.plan.model} is not in a known state: when TorchServe "
+                         f"answers again, {todo} (tsctl set-default / tsctl unregister).")
+                return False
+        if self.staged is not None:
+            self.staged.unlink(missing_ok=True)  # copied by this rollout, registered by nothing now
+        return True
+
+
+def rollout(client: Client, plan: Plan, state: State, log=print) -> int:
+    files = golden_files(plan.golden)
+    model = plan.model
+    _, new = mar_version(plan.mar)
     old = client.default_version(model)
-    url, new = stage_archive(mar, model, model_store)
     if new in client.versions(model):
         log(f"refused: {model} version {new} is already registered")
         return 1
-    log(f"registering {model} v{new} beside default v{old} ({workers} worker(s)) ...")
-    client.register(url, workers=workers, model_name=model)
-    log(f"golden set: {len(files)} images from {golden}")
-    old_run, new_run = run_golden(client, model, old, files), run_golden(client, model, new, files)
-    agree = sum(old_run.top1.get(f) == l for f, l in new_run.top1.items())
-    log(f"  v{old}: p99 {old_run.p99_ms:.0f} ms, {len(old_run.errors)} errors")
-    log(f"  v{new}: p99 {new_run.p99_ms:.0f} ms, {len(new_run.errors)} errors, top-1 agrees on {agree}/{len(old_run.top1)}")
-    reasons = gate_failures(old_run, new_run, gate)
-    if reasons:
-        client.unregister(model, new)
-        log(f"refused: v{new} not promoted; default stays v{old}:\n  " + "\n  ".join(reasons))
+    url, copied = stage_archive(plan.mar, model, new, plan.model_store)
+    restore = Restore(client, plan, old, new, Path(plan.model_store) / url if copied else None, log)
+    promoted = False
+    try:
+        log(f"registering {model} v{new} beside default v{old} ({plan.workers} worker(s)) ...")
+        client.register(url, workers=plan.workers, model_name=model)
+        log(f"golden set: {len(files)} images from {plan.golden}")
+        old_run, new_run = run_golden(client, model, old, files), run_golden(client, model, new, files)
+        agree = sum(old_run.top1.get(f) == label for f, label in new_run.top1.items())
+        log(f"  v{old}: p99 {old_run.p99_ms:.0f} ms, {len(old_run.errors)} errors")
+        log(f"  v{new}: p99 {new_run.p99_ms:.0f} ms, {len(new_run.errors)} errors, "
+            f"top-1 agrees on {agree}/{len(old_run.top1)}")
+        reasons = gate_failures(old_run, new_run, plan.gate)
+        if reasons:
+            restore.before_promotion()
+            log(f"refused: v{new} not promoted; default stays v{old}:\n  " + "\n  ".join(reasons))
+            return 1
+        old_url = client.management("GET", f"/models/{model}/{old}").json()[0]["modelUrl"]
+        promoted = True
+        client.set_default(model, new)
+        state.save(model=model, previous=old, previous_url=old_url, current=new, gate=asdict(plan.gate),
+                   promoted_at=time.time(), rolled_back_from=None)
+        log(f"promoted v{new}; watching the error rate for {plan.watch_s:.0f} s ...")
+        why = watch(client, model, files, plan.watch_s, plan.max_error_rate)
+    except FAULTS as exc:
+        log(f"rollout of v{new} interrupted: {exc}")
+        if promoted and restore.after_promotion():
+            state.save(previous=None, previous_url=None, current=old, rolled_back_from=new)
+            log(f"restored: {model} default is v{old}, v{new} unregistered")
+        elif not promoted and restore.before_promotion():
+            log(f"restored: {model} default stays v{old}, v{new} unregistered")
         return 1
-    old_url = client.management("GET", f"/models/{model}/{old}").json()[0]["modelUrl"]
-    client.set_default(model, new)
-    state.save(model=model, previous=old, previous_url=old_url, current=new, gate=asdict(gate),
-               promoted_at=time.time())
-    log(f"promoted v{new}; watching the error rate for {watch_s:.0f} s ...")
-    why = watch(client, model, files, watch_s, max_error_rate)
     if why:
-        client.set_default(model, old)
-        client.unregister(model, new)
-        state.save(previous=None, current=old, rolled_back_from=new)
+        if restore.after_promotion():
+            state.save(previous=None, previous_url=None, current=old, rolled_back_from=new)
         log(f"rolled back to v{old}: {why}")
         return 1
-    log(f"v{new} healthy; retiring v{old} after a {grace_s:.0f} s grace period ...")
-    time.sleep(grace_s)
-    client.unregister(model, old)
+    log(f"v{new} healthy; retiring v{old} after a {plan.grace_s:.0f} s grace period ...")
+    time.sleep(plan.grace_s)
+    try:
+        retrying(lambda: client.unregister(model, old), plan.recover_s, f"unregister v{old}", log)
+    except FAULTS as exc:
+        log(f"v{new} is the default, but v{old} could not be retired ({exc}): tsctl unregister {model} {old}")
+        return 0
     log(f"done: {model} default is v{new}")
     return 0
 
 
 def rollback(client: Client, model: str, state: State, workers: int, log=print) -> int:
-    """Make the previous default the default again (re-registering it if it was retired)."""
+    """Make the previous default the default again (re-registering it if it was retired). Run
+    again, it changes nothing: the version rolled back from is not a version to return to."""
     saved = state.load()
     previous, current = saved.get("previous"), client.default_version(model)
     if not previous:
+        if saved.get("rolled_back_from") and saved.get("current") == current:
+            log(f"{model} is already back on v{current} (rolled back from v{saved['rolled_back_from']}); nothing to do")
+            return 0
         log(f"nothing to roll back to for {model} (no previous default recorded in {state.path})")
         return 1
     if previous not in client.versions(model):
@@ -175,6 +302,6 @@ def rollback(client: Client, model: str, state: State, workers: int, log=print) 
         log(f"v{previous} was retired; registering it again from {url} ...")
         client.register(url, workers=workers, model_name=model)
     client.set_default(model, previous)
-    state.save(previous=current, current=previous)
+    state.save(previous=None, previous_url=None, current=previous, rolled_back_from=current)
     log(f"{model} default is v{previous} again (was v{current})")
     return 0

@@ -18,8 +18,10 @@ from modeltools.save import save_checkpoint
 from tests.conftest import IMAGES, ROOT
 from tests.integration.conftest import METRICS_YAML, build_mar
 from tsctl.grpc_client import GrpcClient
+from tests.faults import CuttableProxy
+from tsctl.client import Client
 from tsctl.local_server import TorchServe
-from tsctl.rollout import Gate, State, rollback, rollout
+from tsctl.rollout import Gate, Plan, State, rollback, rollout
 
 pytestmark = pytest.mark.integration
 MODEL = "classifier"
@@ -40,15 +42,19 @@ def ops(default_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def archives(default_checkpoint, tmp_path_factory):
-    """v2.0: same weights; v3.0: classifier rows shuffled; v4.0: starts failing after 30 batches."""
+    """v2.0: same weights; v3.0: classifier rows shuffled; v4.0: starts failing after 30 batches;
+    v5.0: its worker process dies after 30 batches; v6.0, v7.0: same weights, for the fault tests."""
     out = tmp_path_factory.mktemp("archives")
     state_dict, info = read_checkpoint(default_checkpoint)
     perm = torch.randperm(len(info.labels), generator=torch.Generator().manual_seed(0))
     shuffled = {k: (v[perm] if k.startswith("classifier.") else v) for k, v in state_dict.items()}
     save_checkpoint(out / "shuffled.pt", shuffled, info.architecture, info.recipe, info.labels, "3.0")
     paths = {}
+    fixtures = ROOT / "tests" / "fixtures"
     for version, ckpt, handler in [("2.0", default_checkpoint, None), ("3.0", out / "shuffled.pt", None),
-                                   ("4.0", default_checkpoint, ROOT / "tests" / "fixtures" / "flaky_handler.py")]:
+                                   ("4.0", default_checkpoint, fixtures / "flaky_handler.py"),
+                                   ("5.0", default_checkpoint, fixtures / "crashing_handler.py"),
+                                   ("6.0", default_checkpoint, None), ("7.0", default_checkpoint, None)]:
         folder = out / version
         folder.mkdir()
         paths[version] = build_mar(ckpt, folder, MODEL, version, FAST, handler=handler)
@@ -56,15 +62,19 @@ def archives(default_checkpoint, tmp_path_factory):
 
 
 class Traffic:
-    """Unversioned requests in the background; every status code is kept."""
+    """Unversioned requests in the background; every status code is kept (0: no answer in time)."""
 
-    def __init__(self, server, body: bytes):
+    def __init__(self, server, body: bytes, timeout: float = 60):
         self.server, self.body, self.codes, self._stop = server, body, [], threading.Event()
+        self.timeout = timeout
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
-            self.codes.append(self.server.post(MODEL, data=self.body).status_code)
+            try:
+                self.codes.append(self.server.post(MODEL, data=self.body, timeout=self.timeout).status_code)
+            except requests.RequestException:
+                self.codes.append(0)
             time.sleep(0.05)
 
     def __enter__(self):
@@ -76,15 +86,20 @@ class Traffic:
         self.thread.join()
 
 
-def do_rollout(ops, mar, **kw):
+def do_rollout(ops, mar, client=None, **kw):
     # The latency gate is unit-tested (test_rollout_gate.py); here, on a shared 2-core host with
     # background traffic, a single slow request must not decide a test about promotion.
     kw.setdefault("max_p99_ratio", 50.0)
     gate = Gate(**{k: kw.pop(k) for k in list(kw) if k in Gate.__dataclass_fields__})
     log = []
-    code = rollout(ops.client, MODEL, mar, IMAGES, ops.store, gate, watch_s=kw.get("watch", 4),
-                   max_error_rate=0.05, grace_s=1, workers=1, state=State(ops.workdir / "state.json"), log=log.append)
+    plan = Plan(MODEL, mar, IMAGES, ops.store, gate, workers=1, watch_s=kw.get("watch", 4), grace_s=1,
+                recover_s=kw.get("recover", 30))
+    code = rollout(client or ops.client, plan, State(ops.workdir / "state.json"), log=log.append)
     return code, "\n".join(log)
+
+
+def assert_only(ops, version):
+    assert ops.client.default_version(MODEL) == version and ops.client.versions(MODEL) == [version]
 
 
 def test_grpc_predict_returns_the_right_label(ops):
@@ -133,12 +148,14 @@ def test_good_version_is_promoted_while_unversioned_requests_all_succeed(ops, ar
     assert desc["modelVersion"] == health["model_version"] == "2.0" and health["checkpoint_version"] == "1.0"
 
 
-def test_rollback_returns_to_the_previous_default_and_back(ops):
+def test_rollback_returns_to_the_previous_default_and_twice_changes_nothing(ops):
     state = State(ops.workdir / "state.json")
     assert rollback(ops.client, MODEL, state, workers=1, log=print) == 0
     assert ops.client.default_version(MODEL) == "1.0"
-    assert rollback(ops.client, MODEL, state, workers=1, log=print) == 0
-    assert ops.client.default_version(MODEL) == "2.0"
+    log = []
+    assert rollback(ops.client, MODEL, state, workers=1, log=log.append) == 0
+    assert ops.client.default_version(MODEL) == "1.0" and "already back on v1.0" in log[0]
+    ops.client.set_default(MODEL, "2.0")
     ops.client.unregister(MODEL, "1.0")
 
 
@@ -154,4 +171,57 @@ def test_version_failing_after_promotion_is_rolled_back(ops, archives):
     code, log = do_rollout(ops, archives["4.0"], watch=20)
     assert code == 1 and "rolled back to v2.0" in log and "error rate" in log, log
     assert ops.client.default_version(MODEL) == "2.0" and ops.client.versions(MODEL) == ["2.0"]
+    assert ops.post(MODEL, data=(IMAGES / "dog1.jpg").read_bytes()).status_code == 200
+
+
+def test_a_promoted_version_whose_worker_dies_is_rolled_back(ops, archives):
+    # requests queued for v5.0 while its worker restarts are not answered once it is
+    # unregistered (TorchServe's own behaviour): the background traffic gives up after 10 s
+    with Traffic(ops, (IMAGES / "kitten.jpg").read_bytes(), timeout=10) as traffic:
+        code, log = do_rollout(ops, archives["5.0"], watch=10)
+    assert code == 1 and "rolled back to v2.0" in log, log
+    assert_only(ops, "2.0")
+    assert 200 in traffic.codes and ops.post(MODEL, data=(IMAGES / "dog1.jpg").read_bytes()).status_code == 200
+
+
+class CutAt(Client):
+    """The management API's connection is cut, for `seconds`, just before the named call."""
+
+    def __init__(self, ops, proxy: CuttableProxy, call: str, seconds: float):
+        super().__init__(ops.inference_url, proxy.url, ops.workdir / "key_file.json")
+        self.proxy, self.call, self.seconds = proxy, call, seconds
+
+    def __getattribute__(self, name):
+        if name == object.__getattribute__(self, "call"):
+            self.proxy.cut(self.seconds)
+            object.__setattr__(self, "call", None)  # once
+        return object.__getattribute__(self, name)
+
+
+@pytest.mark.parametrize("call", ["register", "set_default"])
+def test_management_api_unreachable_mid_rollout_leaves_the_old_default(ops, archives, call):
+    proxy = CuttableProxy(ops.ports["management"])
+    with Traffic(ops, (IMAGES / "dog1.jpg").read_bytes()) as traffic:
+        code, log = do_rollout(ops, archives["6.0"], client=CutAt(ops, proxy, call, seconds=3), recover=30)
+    assert code == 1 and "interrupted" in log and "restored" in log and "retrying" in log, log
+    assert_only(ops, "2.0")
+    assert set(traffic.codes) == {200}
+    assert not (ops.store / f"{MODEL}-v6.0.mar").exists()  # staged by this rollout, removed with it
+
+
+def test_torchserve_stopped_mid_rollout_fails_it_and_says_what_is_left(ops, archives):
+    """Last in this module: it stops the module's TorchServe and starts it again."""
+    def stop_once_registered():
+        deadline = time.monotonic() + 120
+        while "7.0" not in ops.client.versions(MODEL) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ops.stop()
+
+    stopper = threading.Thread(target=stop_once_registered)
+    stopper.start()
+    code, log = do_rollout(ops, archives["7.0"], recover=3)
+    stopper.join()
+    assert code == 1 and "interrupted" in log and "not in a known state" in log and "unregister v7.0" in log, log
+    ops.start([MODEL])  # a fresh start from the server's configuration: v7.0 was never promoted
+    assert "7.0" not in ops.client.versions(MODEL)
     assert ops.post(MODEL, data=(IMAGES / "dog1.jpg").read_bytes()).status_code == 200
