@@ -118,6 +118,8 @@ stop:
 	-$(VENV)/bin/torchserve --stop
 
 test: install java $(DEFAULT_MAR)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

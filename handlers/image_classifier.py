@@ -22,7 +22,7 @@ from handlers.model.engine import Engine
 from handlers.request.answers import top_k
 from handlers.request.batch import Batch
 from handlers.request.budget import DecodeBudget, release_freed_memory
-from handlers.request.device_decode import decode_on_device
+from handlers.request.device_decode import decode_batch
 from handlers.request.errors import RequestError, internal_error
 from handlers.request.pixels import image_pixels, tensor_pixels
 from handlers.request.protocols import read_request, response
@@ -47,14 +47,17 @@ class ImageClassifier(BaseHandler):
         load = time.perf_counter()
         model, self.info = load_classifier(artifact, self.device, s.enabled("channels_last"), s.trust_program)
         self.start_s["load_model"] = round(time.perf_counter() - load, 2)
-        self.engine = Engine(model, self.info.recipe, self.device, int(props.get("batch_size") or 1), s.engine_options())
+        self.engine = Engine(
+            model, self.info.recipe, self.device, int(props.get("batch_size") or 1), s.engine_options()
+        )
         # The version TorchServe serves is the archive's (`--version`); the checkpoint's may differ.
         self.version = str(context.manifest["model"].get("modelVersion") or self.info.version)
         self.model_name = context.model_name
         # Pillow and torch release the GIL while decoding and resizing, so a batch decodes in
         # parallel; each decoding thread runs torch single-threaded (see single_threaded_torch).
-        self.decoders = ThreadPoolExecutor(s.decode_threads or torch.get_num_threads(),
-                                           thread_name_prefix="decode", initializer=single_threaded_torch)
+        self.decoders = ThreadPoolExecutor(
+            s.decode_threads or torch.get_num_threads(), thread_name_prefix="decode", initializer=single_threaded_torch
+        )
         self.budget = DecodeBudget(s.max_image_pixels)  # one image at the pixel limit decodes at a time
         self.limits = s.limits(len(self.info.labels))
         self.device_decode = self.device.type == "cuda" and s.device_decode
@@ -63,8 +66,13 @@ class ImageClassifier(BaseHandler):
         self.ready_after_s = round(time.time() - started, 1)
         self.start_s["prepare_engine"] = round(self.engine.prepare_ms / 1000, 2)
         self.initialized = True
-        logger.info("ready %.1f s after the worker started: %s v%s on %s", self.ready_after_s,
-                    self.info.architecture, self.version, self.device)
+        logger.info(
+            "ready %.1f s after the worker started: %s v%s on %s",
+            self.ready_after_s,
+            self.info.architecture,
+            self.version,
+            self.device,
+        )
 
     def handle(self, data, context):
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
@@ -130,19 +138,10 @@ class ImageClassifier(BaseHandler):
             return self._bug("reading", exc)
 
     def _decode_all(self, images: list) -> list:
-        if not self.device_decode:
-            return list(self.decoders.map(self._decode, images))
-        encoded = [i for i, image in enumerate(images) if not isinstance(image, torch.Tensor)]
-        try:
-            results = decode_on_device([images[i] for i in encoded], self.info.recipe, self.device,
-                                       self.settings.max_image_pixels)
-        except Exception:  # the device path as a whole failed: every image takes the CPU path
-            logger.exception("decoding on %s failed; the batch decodes on the CPU", self.device)
-            results = [None] * len(encoded)
-        out = dict(zip(encoded, results))
-        rest = [i for i in range(len(images)) if out.get(i) is None]
-        out.update(zip(rest, self.decoders.map(self._decode, [images[i] for i in rest])))
-        return [out[i] for i in range(len(images))]
+        on_cpu = lambda rest: list(self.decoders.map(self._decode, rest))  # noqa: E731
+        if self.device_decode:
+            return decode_batch(images, self.info.recipe, self.device, self.settings.max_image_pixels, on_cpu)
+        return on_cpu(images)
 
     def _decode(self, image) -> torch.Tensor | RequestError:
         """One image -> the recipe's pixels, or the RequestError its request is answered with."""
@@ -150,8 +149,14 @@ class ImageClassifier(BaseHandler):
         try:
             if isinstance(image, torch.Tensor):
                 return tensor_pixels(image, self.info.recipe)
-            return image_pixels(image, s.max_image_pixels, self.info.recipe, draft=s.enabled("jpeg_draft"),
-                                torchcodec=s.enabled("torchcodec"), budget=self.budget)
+            return image_pixels(
+                image,
+                s.max_image_pixels,
+                self.info.recipe,
+                draft=s.enabled("jpeg_draft"),
+                torchcodec=s.enabled("torchcodec"),
+                budget=self.budget,
+            )
         except RequestError as err:
             return err
         except Exception as exc:

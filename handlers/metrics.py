@@ -18,8 +18,11 @@ BATCHED_REQUESTS = "ImageClassifierBatchedRequests"
 INPUT_ERRORS = "ImageClassifierInputErrors"  # dims: ModelName, ErrorType
 INTERNAL_ERRORS = "ImageClassifierInternalErrors"  # dims: ModelName, Stage (reading | decoding | running | answering)
 OOM_SPLITS = "ImageClassifierOomBatchSplits"
-_DIMENSIONS = {STAGE_MS: ["ModelName", "Stage"], INPUT_ERRORS: ["ModelName", "ErrorType"],
-               INTERNAL_ERRORS: ["ModelName", "Stage"]}
+_DIMENSIONS = {
+    STAGE_MS: ["ModelName", "Stage"],
+    INPUT_ERRORS: ["ModelName", "ErrorType"],
+    INTERNAL_ERRORS: ["ModelName", "Stage"],
+}
 _UNITS = {STAGE_MS: "ms"}
 
 

@@ -30,7 +30,7 @@ class Settings:
     disable: tuple = ()  # from `diagnostics: {disable: [...]}`: names from OPTIMIZATIONS
 
     @classmethod
-    def from_model_yaml(cls, model_yaml_config: dict | None) -> "Settings":
+    def from_model_yaml(cls, model_yaml_config: dict | None) -> Settings:
         """Read `handler:` from model-config.yaml; unknown keys and ill-typed values are an
         error, not a silent no-op. Every option is checked here, once."""
         section = dict((model_yaml_config or {}).get("handler") or {})
@@ -38,8 +38,9 @@ class Settings:
         known = {f.name: f for f in fields(cls) if f.name != "disable"}
         unknown = sorted(set(section) - set(known))
         if unknown:
-            raise ValueError(f"unknown handler settings in model-config.yaml: {unknown}; known: "
-                             f"{sorted(known) + ['diagnostics']}")
+            raise ValueError(
+                f"unknown handler settings in model-config.yaml: {unknown}; known: {sorted(known) + ['diagnostics']}"
+            )
         if not isinstance(diagnostics, dict) or set(diagnostics) - {"disable"}:
             raise ValueError("handler setting diagnostics takes one key, disable: a list of optimisations")
         values = {name: _typed(name, value, type(known[name].default)) for name, value in section.items()}
@@ -47,7 +48,9 @@ class Settings:
         if settings.cpu_threads < 0 or settings.decode_threads < 0:
             raise ValueError("handler settings cpu_threads and decode_threads must be >= 0 (0: the default)")
         if settings.max_images_per_request < 1 or settings.max_image_pixels < 1 or settings.max_body_bytes < 1:
-            raise ValueError("handler settings max_images_per_request, max_image_pixels and max_body_bytes must be >= 1")
+            raise ValueError(
+                "handler settings max_images_per_request, max_image_pixels and max_body_bytes must be >= 1"
+            )
         if not 1 <= settings.topk <= settings.max_topk:
             raise ValueError(f"handler setting topk must be in 1..max_topk ({settings.max_topk})")
         settings.engine_options()  # precision and graph are checked where they are defined
@@ -58,14 +61,23 @@ class Settings:
 
     def limits(self, labels: int) -> Limits:
         """What one request may hold and ask for, with a model of `labels` classes."""
-        return Limits(self.max_body_bytes, self.max_images_per_request, self.max_image_pixels, self.topk,
-                      min(self.max_topk, labels))
+        return Limits(
+            self.max_body_bytes,
+            self.max_images_per_request,
+            self.max_image_pixels,
+            self.topk,
+            min(self.max_topk, labels),
+        )
 
     def engine_options(self) -> EngineOptions:
         return EngineOptions(
-            precision=self.precision, graph=self.graph, int8=self.quantize_int8,
-            channels_last=self.enabled("channels_last"), static_padding=self.enabled("static_padding"),
-            onednn_fusion=self.enabled("onednn_fusion"), cpu_streams=self.enabled("cpu_streams"),
+            precision=self.precision,
+            graph=self.graph,
+            int8=self.quantize_int8,
+            channels_last=self.enabled("channels_last"),
+            static_padding=self.enabled("static_padding"),
+            onednn_fusion=self.enabled("onednn_fusion"),
+            cpu_streams=self.enabled("cpu_streams"),
         )
 
 
@@ -84,6 +96,7 @@ def _optimizations(value) -> tuple:
     names = [value] if isinstance(value, str) else list(value or [])
     unknown = sorted(set(names) - set(OPTIMIZATIONS))
     if unknown:
-        raise ValueError(f"handler setting diagnostics.disable: unknown optimizations {unknown}; "
-                         f"known: {list(OPTIMIZATIONS)}")
+        raise ValueError(
+            f"handler setting diagnostics.disable: unknown optimizations {unknown}; known: {list(OPTIMIZATIONS)}"
+        )
     return tuple(names)

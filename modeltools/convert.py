@@ -43,8 +43,9 @@ def extract_state_dict(obj) -> dict:
         for key in STATE_DICT_KEYS:
             if key in obj:
                 return extract_state_dict(obj[key])
-        raise ValueError(f"no state dict found; top-level keys are {sorted(map(str, obj))[:10]} "
-                         f"(looked for {list(STATE_DICT_KEYS)})")
+        raise ValueError(
+            f"no state dict found; top-level keys are {sorted(map(str, obj))[:10]} (looked for {list(STATE_DICT_KEYS)})"
+        )
     raise ValueError(f"no state dict found in a {type(obj).__name__}")
 
 
@@ -55,8 +56,12 @@ def strip_prefixes(state_dict: dict, expected_keys=None) -> dict:
     while changed:
         changed = False
         for prefix in WRAPPER_PREFIXES:
-            if state_dict and all(k.startswith(prefix) for k in state_dict) and not (expected and set(state_dict) <= expected):
-                state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+            if (
+                state_dict
+                and all(k.startswith(prefix) for k in state_dict)
+                and not (expected and set(state_dict) <= expected)
+            ):
+                state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
                 changed = True
     return state_dict
 
@@ -94,9 +99,11 @@ def recipe_for(architecture: str, given: dict | None, weights: str | None = None
         name, _, tag = arch.partition(".")
         if tag or weights:
             return Recipe.from_torchvision_weights(torchvision_weights(name, weights or tag))
-    raise ValueError(f"no preprocessing recipe for {architecture}: pass --recipe (JSON with crop_size, "
-                     "resize_size, interpolation, mean, std, crop_mode), a timm architecture, or "
-                     "torchvision weights (torchvision:resnet50.IMAGENET1K_V2 or --weights IMAGENET1K_V2)")
+    raise ValueError(
+        f"no preprocessing recipe for {architecture}: pass --recipe (JSON with crop_size, "
+        "resize_size, interpolation, mean, std, crop_mode), a timm architecture, or "
+        "torchvision weights (torchvision:resnet50.IMAGENET1K_V2 or --weights IMAGENET1K_V2)"
+    )
 
 
 def torchvision_weights(name: str, tag: str):

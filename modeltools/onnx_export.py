@@ -15,13 +15,14 @@ INPUT, OUTPUT = "input", "logits"
 META_KEY = "ts_image_classifier"  # the whole metadata as one JSON value; its parts as keys of their own
 
 
-def save_onnx(module: nn.Module, example: torch.Tensor, path, info) -> "OnnxRunner":
+def save_onnx(module: nn.Module, example: torch.Tensor, path, info) -> OnnxRunner:
     """Export with torch.onnx (batch dimension dynamic), write the metadata, return a runner."""
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(module.eval(), (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
-                                dynamic_shapes=({0: batch},))
+    program = torch.onnx.export(
+        module.eval(), (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: batch},)
+    )
     model = program.model_proto
     meta = json.loads(metadata(info))
     entries = {META_KEY: json.dumps(meta), **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,8 +27,8 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from build_mar import build, model_config  # noqa: E402
 from bench_forms import FORMS, build_form  # noqa: E402
+from build_mar import build, model_config  # noqa: E402
 from stock_archive import build_stock_mar  # noqa: E402
 
 from handlers.model.checkpoint import load_classifier  # noqa: E402
@@ -98,10 +98,13 @@ def model_alone_setups(checkpoint: Path, threads: int, batch: int = 8) -> list[t
                 x = torch.randn(n, 3, *info.recipe.crop_hw)
                 x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
             setups.append((f"eager {'channels_last' if channels_last else 'contiguous'} batch {n}", model, x, n))
-    variants = {"engine as served": EngineOptions(), "engine, eager graph": EngineOptions(graph="eager"),
-                "engine, no oneDNN fusion": EngineOptions(onednn_fusion=False),
-                "engine, run-time padding": EngineOptions(static_padding=False),
-                "engine, one multi-threaded pass": EngineOptions(cpu_streams=False)}
+    variants = {
+        "engine as served": EngineOptions(),
+        "engine, eager graph": EngineOptions(graph="eager"),
+        "engine, no oneDNN fusion": EngineOptions(onednn_fusion=False),
+        "engine, run-time padding": EngineOptions(static_padding=False),
+        "engine, one multi-threaded pass": EngineOptions(cpu_streams=False),
+    }
     for name, options in variants.items():
         model, info = load_classifier(checkpoint, torch.device("cpu"), options.channels_last)
         engine = Engine(model, info.recipe, torch.device("cpu"), batch, options)
@@ -148,31 +151,70 @@ def accuracy(checkpoint: Path, photos: Path, image_sets: dict) -> list[dict]:
         for path in paths:
             data = path.read_bytes()
             (ref_i, ref_p), (served_i, served_p) = reference(data), served(data)
-            rows.append({"size": size_name, "photo": path.name, "reference": info.labels[ref_i],
-                         "served": info.labels[served_i], "same_top1": ref_i == served_i,
-                         "acceptable": labels.get(path.name), "prob_shift": served_p - ref_p})
+            rows.append(
+                {
+                    "size": size_name,
+                    "photo": path.name,
+                    "reference": info.labels[ref_i],
+                    "served": info.labels[served_i],
+                    "same_top1": ref_i == served_i,
+                    "acceptable": labels.get(path.name),
+                    "prob_shift": served_p - ref_p,
+                }
+            )
     return rows
 
 
-def run_wrk(url: str, token: str, files: list[Path], concurrency: int, duration: int, bar: tqdm,
-            content_type: str = "application/octet-stream", json_sizes: list[int] | None = None) -> dict:
-    env = {**os.environ, "BENCH_FILES": ":".join(map(str, files)), "BENCH_TOKEN": token,
-           "BENCH_CONTENT_TYPE": content_type, "BENCH_JSON_SIZES": ":".join(map(str, json_sizes or []))}
-    cmd = ["wrk", "-t", str(min(2, concurrency)), "-c", str(concurrency), "-d", f"{duration}s",
-           "--timeout", "60s", "-s", str(ROOT / "scripts" / "bench.lua"), url]
+def run_wrk(
+    url: str,
+    token: str,
+    files: list[Path],
+    concurrency: int,
+    duration: int,
+    bar: tqdm,
+    content_type: str = "application/octet-stream",
+    json_sizes: list[int] | None = None,
+) -> dict:
+    env = {
+        **os.environ,
+        "BENCH_FILES": ":".join(map(str, files)),
+        "BENCH_TOKEN": token,
+        "BENCH_CONTENT_TYPE": content_type,
+        "BENCH_JSON_SIZES": ":".join(map(str, json_sizes or [])),
+    }
+    cmd = [
+        "wrk",
+        "-t",
+        str(min(2, concurrency)),
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{duration}s",
+        "--timeout",
+        "60s",
+        "-s",
+        str(ROOT / "scripts" / "bench.lua"),
+        url,
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ticker = threading.Thread(target=_tick, args=(proc, bar, duration), daemon=True)
     ticker.start()
     out, _ = proc.communicate()
     ticker.join()
-    line = next((l for l in out.splitlines() if l.startswith("BENCH_JSON ")), None)
+    line = next((row for row in out.splitlines() if row.startswith("BENCH_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{out}")
     r = json.loads(line.split(" ", 1)[1])
     seconds = r["duration_us"] / 1e6
-    return {"concurrency": concurrency, "requests": r["requests"], "throughput": r["requests"] / seconds,
-            "p50_ms": r["p50_us"] / 1000, "p90_ms": r["p90_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
-            "errors": r["non2xx"] + r["socket_errors"] + r["timeouts"]}
+    return {
+        "concurrency": concurrency,
+        "requests": r["requests"],
+        "throughput": r["requests"] / seconds,
+        "p50_ms": r["p50_us"] / 1000,
+        "p90_ms": r["p90_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "errors": r["non2xx"] + r["socket_errors"] + r["timeouts"],
+    }
 
 
 def _tick(proc, bar, duration):
@@ -202,23 +244,47 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batch-delay", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1, help="workers per model")
-    parser.add_argument("--cpu-threads", type=int, default=0, help="this handler's torch threads per worker (0: torch default)")
+    parser.add_argument(
+        "--cpu-threads", type=int, default=0, help="this handler's torch threads per worker (0: torch default)"
+    )
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"image sizes to run, of {list(SIZES)}")
     parser.add_argument("--handlers", default=",".join(HANDLERS), help=f"handlers to run, of {list(HANDLERS)}")
-    parser.add_argument("--scaled-workers", type=int, default=os.cpu_count() or 1,
-                        help="workers of ours_scaled, each with cores/N torch threads (default: one per core)")
-    parser.add_argument("--scaled-threads", type=int, default=0,
-                        help="torch threads of each ours_scaled worker (default 0: cores / --scaled-workers)")
-    parser.add_argument("--forms", default=",".join(FORMS),
-                        help=f"request forms timed side by side on 12 MP photos with this handler, of {list(FORMS)} "
-                             "('' for none)")
+    parser.add_argument(
+        "--scaled-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="workers of ours_scaled, each with cores/N torch threads (default: one per core)",
+    )
+    parser.add_argument(
+        "--scaled-threads",
+        type=int,
+        default=0,
+        help="torch threads of each ours_scaled worker (default 0: cores / --scaled-workers)",
+    )
+    parser.add_argument(
+        "--forms",
+        default=",".join(FORMS),
+        help=f"request forms timed side by side on 12 MP photos with this handler, of {list(FORMS)} ('' for none)",
+    )
     parser.add_argument("--forms-concurrency", type=int, default=8, help="clients of the request-form runs")
-    parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME:KEY=VALUE[,...]",
-                        help="also run this handler with these model-config.yaml overrides, registered as NAME in the "
-                             "same rounds (repeatable), e.g. threads1:handler.cpu_threads=1")
-    parser.add_argument("--server-env", type=parse_env, action="append", default=[], metavar="KEY=VALUE",
-                        help="set in TorchServe's environment, so in every worker's (repeatable; make bench passes "
-                             "make serve's SERVE_OMP_ENV). The model alone runs in this process, with this process's.")
+    parser.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,...]",
+        help="also run this handler with these model-config.yaml overrides, registered as NAME in the "
+        "same rounds (repeatable), e.g. threads1:handler.cpu_threads=1",
+    )
+    parser.add_argument(
+        "--server-env",
+        type=parse_env,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set in TorchServe's environment, so in every worker's (repeatable; make bench passes "
+        "make serve's SERVE_OMP_ENV). The model alone runs in this process, with this process's.",
+    )
     args = parser.parse_args(argv)
     names = [name for name, _ in args.variant]
     if len(set(names)) != len(names):
@@ -239,9 +305,17 @@ def main(argv=None) -> int:
     forms = {}
     if "12MP" in image_sets and "ours" in handlers:
         forms = {f: build_form(f, image_sets["12MP"], args.out / "forms") for f in args.forms.split(",") if f}
+
     def config(cpu_threads: int, overrides=()) -> dict:
-        return model_config(ROOT / "model-config.yaml", [f"batchSize={args.batch_size}", f"maxBatchDelay={args.max_batch_delay}",
-                                                         f"handler.cpu_threads={cpu_threads}", *overrides])
+        return model_config(
+            ROOT / "model-config.yaml",
+            [
+                f"batchSize={args.batch_size}",
+                f"maxBatchDelay={args.max_batch_delay}",
+                f"handler.cpu_threads={cpu_threads}",
+                *overrides,
+            ],
+        )
 
     build(args.checkpoint, HANDLERS["ours"], "1.0", store, config(args.cpu_threads))
     scaled_threads = args.scaled_threads or max(1, (os.cpu_count() or 1) // args.scaled_workers)
@@ -256,20 +330,29 @@ def main(argv=None) -> int:
     agreement = accuracy(args.checkpoint, args.photos, image_sets)
     setups = model_alone_setups(args.checkpoint, threads, args.batch_size)
 
-    server = TorchServe(args.out / "torchserve", store, ",".join(f"{m}.mar" for m in handlers.values()),
-                        extra_config={"default_workers_per_model": args.workers})
+    server = TorchServe(
+        args.out / "torchserve",
+        store,
+        ",".join(f"{m}.mar" for m in handlers.values()),
+        extra_config={"default_workers_per_model": args.workers},
+    )
     server.env.update(args.server_env)
     server.start(list(handlers.values()))
     if "ours_scaled" in handlers:
-        server.client.management("PUT", f"/models/{HANDLERS['ours_scaled']}", params={
-            "min_worker": args.scaled_workers, "max_worker": args.scaled_workers, "synchronous": "true"}).raise_for_status()
+        server.client.management(
+            "PUT",
+            f"/models/{HANDLERS['ours_scaled']}",
+            params={"min_worker": args.scaled_workers, "max_worker": args.scaled_workers, "synchronous": "true"},
+        ).raise_for_status()
     runs, alone_rounds, form_runs = [], [], []
     restart = worker_restart(server, HANDLERS["ours"]) if "ours" in handlers else None
     try:
         # Rounds interleave everything (model alone, each size, each handler), so a slow
         # spell on a shared host hits all of them; each figure is the median over rounds.
-        total = args.repeats * ((len(image_sets) * len(handlers) * len(concurrencies) + len(forms)) * args.duration
-                                + len(setups) * ALONE_SECONDS)
+        total = args.repeats * (
+            (len(image_sets) * len(handlers) * len(concurrencies) + len(forms)) * args.duration
+            + len(setups) * ALONE_SECONDS
+        )
         with tqdm(total=total, unit="s", desc="bench") as bar:
             for rep in range(args.repeats):
                 bar.set_postfix_str(f"round {rep + 1}: model alone")
@@ -287,23 +370,43 @@ def main(argv=None) -> int:
                 for name in names[first:] + names[:first]:
                     form = forms[name]
                     bar.set_postfix_str(f"round {rep + 1}: 12MP as {name}")
-                    result = run_wrk(form.url(server.inference_url, HANDLERS["ours"]), server.keys.inference, form.files,
-                                     args.forms_concurrency, args.duration, bar, form.content_type, form.json_sizes)
+                    result = run_wrk(
+                        form.url(server.inference_url, HANDLERS["ours"]),
+                        server.keys.inference,
+                        form.files,
+                        args.forms_concurrency,
+                        args.duration,
+                        bar,
+                        form.content_type,
+                        form.json_sizes,
+                    )
                     form_runs.append({"form": name, "round": rep, **result})
     finally:
         server.stop()
 
-    report = {"host": host_info(threads), "model_alone_img_s": median_by_key(alone_rounds), "runs": median_runs(runs),
-              "forms": median_runs(form_runs, key="form"),
-              "worker_restart": restart,
-              "agreement": agreement, "raw": {"runs": runs, "form_runs": form_runs, "model_alone_rounds": alone_rounds},
-              "settings": {"batchSize": args.batch_size, "maxBatchDelay": args.max_batch_delay, "workers": args.workers,
-                           "scaled_workers": args.scaled_workers, "scaled_threads": scaled_threads,
-                           "cpu_threads": args.cpu_threads, "duration_s": args.duration, "rounds": args.repeats,
-                           "variants": dict(args.variant),
-                           "server_env": dict(args.server_env)}}
+    report = {
+        "host": host_info(threads),
+        "model_alone_img_s": median_by_key(alone_rounds),
+        "runs": median_runs(runs),
+        "forms": median_runs(form_runs, key="form"),
+        "worker_restart": restart,
+        "agreement": agreement,
+        "raw": {"runs": runs, "form_runs": form_runs, "model_alone_rounds": alone_rounds},
+        "settings": {
+            "batchSize": args.batch_size,
+            "maxBatchDelay": args.max_batch_delay,
+            "workers": args.workers,
+            "scaled_workers": args.scaled_workers,
+            "scaled_threads": scaled_threads,
+            "cpu_threads": args.cpu_threads,
+            "duration_s": args.duration,
+            "rounds": args.repeats,
+            "variants": dict(args.variant),
+            "server_env": dict(args.server_env),
+        },
+    }
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
-    from bench_report import plot, markdown  # noqa: E402
+    from bench_report import markdown, plot  # noqa: E402
 
     (args.out / "results.md").write_text(markdown(report))
     if {"ours", "stock"} <= set(handlers) and set(image_sets) == set(SIZES):
@@ -330,8 +433,12 @@ def worker_restart(server: TorchServe, model: str, kills: int = 2) -> dict:
         raw = desc["customizedMetadata"]
         health = json.loads(raw) if isinstance(raw, str) else raw
         time.sleep(2)
-    return {"kill_to_ready_s": round(min(times), 2), "kills": [round(t, 2) for t in times],
-            "process_to_ready_s": health.get("ready_after_s"), "start_s": health.get("start_s")}
+    return {
+        "kill_to_ready_s": round(min(times), 2),
+        "kills": [round(t, 2) for t in times],
+        "process_to_ready_s": health.get("ready_after_s"),
+        "start_s": health.get("start_s"),
+    }
 
 
 def median_by_key(rounds: list[dict]) -> dict:
@@ -346,8 +453,13 @@ def median_runs(runs: list[dict], key: tuple = ("size", "handler")) -> list[dict
         cells.setdefault(tuple(r[k] for k in key) + (r["concurrency"],), []).append(r)
     out = []
     for cell, rs in cells.items():
-        row = {**dict(zip(key, cell)), "concurrency": cell[-1], "rounds": len(rs),
-               "requests": sum(r["requests"] for r in rs), "errors": sum(r["errors"] for r in rs)}
+        row = {
+            **dict(zip(key, cell)),
+            "concurrency": cell[-1],
+            "rounds": len(rs),
+            "requests": sum(r["requests"] for r in rs),
+            "errors": sum(r["errors"] for r in rs),
+        }
         for figure in ("throughput", "p50_ms", "p90_ms", "p99_ms"):
             row[figure] = statistics.median(r[figure] for r in rs)
         out.append(row)
@@ -355,8 +467,14 @@ def median_runs(runs: list[dict], key: tuple = ("size", "handler")) -> list[dict
 
 
 def host_info(threads: int) -> dict:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), "unknown")
+    cpu = next(
+        (
+            row.split(":", 1)[1].strip()
+            for row in Path("/proc/cpuinfo").read_text().splitlines()
+            if row.startswith("model name")
+        ),
+        "unknown",
+    )
     # the OpenMP settings the model alone ran with (this process's)
     omp = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__, "omp_env": omp}

@@ -17,8 +17,8 @@ import torch
 from torchvision.models import EfficientNet_B0_Weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modeltools.save import save_checkpoint  # noqa: E402
 from handlers.model.recipe import Recipe  # noqa: E402
+from modeltools.save import save_checkpoint  # noqa: E402
 
 ARCHITECTURE = "timm:tf_efficientnet_lite0"
 

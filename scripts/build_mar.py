@@ -29,8 +29,9 @@ PACKAGE = ROOT / "handlers"
 def validate(checkpoint: Path, settings: Settings, version: str) -> str:
     """Load the checkpoint as the handler will and run one dummy batch; returns a summary line
     naming the archive's `version` (what TorchServe serves) and the checkpoint's where it differs."""
-    model, info = load_classifier(checkpoint, torch.device("cpu"), settings.enabled("channels_last"),
-                                  settings.trust_program)
+    model, info = load_classifier(
+        checkpoint, torch.device("cpu"), settings.enabled("channels_last"), settings.trust_program
+    )
     assert_inference_ready(model)
     with torch.inference_mode():
         logits = model(torch.zeros(2, 3, *info.recipe.crop_hw))
@@ -45,7 +46,10 @@ def validate(checkpoint: Path, settings: Settings, version: str) -> str:
     elif info.unsafe_source:
         unsafe = " - WARNING: converted with --allow-unsafe-pickle (unsafe_source is recorded)"
     own = "" if info.version == version else f" (the checkpoint's own version: {info.version})"
-    return f"{info.architecture} version {version}{own}, {len(info.labels)} classes, input {info.recipe.crop_hw[0]}x{info.recipe.crop_hw[1]} ({info.recipe.crop_mode} crop){unsafe}"
+    (h, w), mode = info.recipe.crop_hw, info.recipe.crop_mode
+    return (
+        f"{info.architecture} version {version}{own}, {len(info.labels)} classes, input {h}x{w} ({mode} crop){unsafe}"
+    )
 
 
 def model_config(base: Path, overrides: list[str]) -> dict:
@@ -70,8 +74,15 @@ def run_archiver(*args: str) -> None:
     subprocess.run([sys.executable, "-c", code, *args], check=True)
 
 
-def build(checkpoint: Path, name: str, version: str, export: Path, config: dict,
-          handler: Path = PACKAGE / "image_classifier.py", model_file: Path | None = None) -> Path:
+def build(
+    checkpoint: Path,
+    name: str,
+    version: str,
+    export: Path,
+    config: dict,
+    handler: Path = PACKAGE / "image_classifier.py",
+    model_file: Path | None = None,
+) -> Path:
     """Stage the handler package and config, then run torch-model-archiver."""
     export.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,18 +94,32 @@ def build(checkpoint: Path, name: str, version: str, export: Path, config: dict,
         config_file = stage / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         run_archiver(
-            "--model-name", name, "--version", version, "--serialized-file", str(checkpoint),
-            "--handler", str(handler), "--extra-files", str(extra), "--config-file", str(config_file),
-            "--export-path", str(export), "--force",
+            "--model-name",
+            name,
+            "--version",
+            version,
+            "--serialized-file",
+            str(checkpoint),
+            "--handler",
+            str(handler),
+            "--extra-files",
+            str(extra),
+            "--config-file",
+            str(config_file),
+            "--export-path",
+            str(export),
+            "--force",
         )
     return export / f"{name}.mar"
 
 
-def eager_checkpoint(state_dict_file: Path, model_file: Path, labels: Path, recipe: str, version: str, out: Path) -> Path:
+def eager_checkpoint(
+    state_dict_file: Path, model_file: Path, labels: Path, recipe: str, version: str, out: Path
+) -> Path:
     """A plain state dict + model file + labels + recipe -> a checkpoint in this project's format."""
-    from modeltools.save import save_checkpoint
-    from modeltools.convert import extract_state_dict, load_training_checkpoint, read_labels
     from handlers.model.recipe import Recipe
+    from modeltools.convert import extract_state_dict, load_training_checkpoint, read_labels
+    from modeltools.save import save_checkpoint
 
     if not recipe:
         raise ValueError("a plain state dict needs --recipe (JSON: crop_size, resize_size, interpolation, mean, std)")
@@ -102,8 +127,9 @@ def eager_checkpoint(state_dict_file: Path, model_file: Path, labels: Path, reci
         raise ValueError("a plain state dict needs --labels (index_to_name.json, a JSON list or a text file)")
     sys.path.insert(0, str(model_file.resolve().parent))
     state_dict = extract_state_dict(load_training_checkpoint(state_dict_file))
-    save_checkpoint(out, state_dict, f"file:{model_file.name}", Recipe.from_dict(json.loads(recipe)),
-                    read_labels(labels), version)
+    save_checkpoint(
+        out, state_dict, f"file:{model_file.name}", Recipe.from_dict(json.loads(recipe)), read_labels(labels), version
+    )
     return out
 
 
@@ -114,26 +140,49 @@ def main(argv=None) -> int:
     parser.add_argument("--version", default="1.0")
     parser.add_argument("--export-path", default=ROOT / "model_store", type=Path)
     parser.add_argument("--config", default=ROOT / "model-config.yaml", type=Path, help="base model-config.yaml")
-    parser.add_argument("--handler", type=Path, default=PACKAGE / "image_classifier.py",
-                        help="handler entry file (a subclass of handlers.image_classifier.ImageClassifier)")
-    parser.add_argument("--model-file", type=Path,
-                        help="TorchServe's eager convention: --checkpoint is then a plain state dict of the one "
-                             "nn.Module class this file defines; needs --labels and --recipe")
+    parser.add_argument(
+        "--handler",
+        type=Path,
+        default=PACKAGE / "image_classifier.py",
+        help="handler entry file (a subclass of handlers.image_classifier.ImageClassifier)",
+    )
+    parser.add_argument(
+        "--model-file",
+        type=Path,
+        help="TorchServe's eager convention: --checkpoint is then a plain state dict of the one "
+        "nn.Module class this file defines; needs --labels and --recipe",
+    )
     parser.add_argument("--labels", type=Path, help="with --model-file: index_to_name.json, a JSON list or a text file")
     parser.add_argument("--recipe", help='with --model-file: JSON, e.g. {"crop_size": 224, "resize_size": 256}')
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a model-config.yaml key, e.g. batchSize=4 or handler.topk=3")
-    parser.add_argument("--trust-program", action="store_true",
-                        help="archive a TorchScript or torch.export file: loading one runs code from it, so only "
-                             "for files you trust (recorded in the archive, shown in health as unsafe_source)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model-config.yaml key, e.g. batchSize=4 or handler.topk=3",
+    )
+    parser.add_argument(
+        "--trust-program",
+        action="store_true",
+        help="archive a TorchScript or torch.export file: loading one runs code from it, so only "
+        "for files you trust (recorded in the archive, shown in health as unsafe_source)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            config = model_config(args.config, args.set + (["handler.trust_program=true"] if args.trust_program else []))
+            config = model_config(
+                args.config, args.set + (["handler.trust_program=true"] if args.trust_program else [])
+            )
             checkpoint = args.checkpoint
             if args.model_file:
-                checkpoint = eager_checkpoint(args.checkpoint, args.model_file, args.labels, args.recipe,
-                                              args.version, Path(tmp) / f"{args.model_name}.pt")
+                checkpoint = eager_checkpoint(
+                    args.checkpoint,
+                    args.model_file,
+                    args.labels,
+                    args.recipe,
+                    args.version,
+                    Path(tmp) / f"{args.model_name}.pt",
+                )
             summary = validate(checkpoint, Settings.from_model_yaml(config), args.version)
         except (ValueError, RuntimeError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -18,12 +18,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from handlers.model.checkpoint import build_architecture, load_classifier  # noqa: E402
-from modeltools.save import save_checkpoint  # noqa: E402
 from modeltools.convert import extract_state_dict, load_training_checkpoint, read_labels, recipe_for, strip_prefixes  # noqa: E402
+from modeltools.save import save_checkpoint  # noqa: E402
 
 
-def convert(source: Path, architecture: str, labels: list[str], recipe_json: dict | None, version: str,
-            output: Path, allow_unsafe: bool = False, weights: str | None = None) -> str:
+def convert(
+    source: Path,
+    architecture: str,
+    labels: list[str],
+    recipe_json: dict | None,
+    version: str,
+    output: Path,
+    allow_unsafe: bool = False,
+    weights: str | None = None,
+) -> str:
     if weights:  # recorded in the architecture, as torchvision:ARCH.WEIGHTS
         architecture = f"{architecture}.{weights}"
     state_dict = extract_state_dict(load_training_checkpoint(source, allow_unsafe))
@@ -46,18 +54,32 @@ def convert(source: Path, architecture: str, labels: list[str], recipe_json: dic
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", type=Path, required=True, help="training checkpoint or state dict")
-    parser.add_argument("--architecture", required=True, help="timm:ARCH[.TAG] (the tag's pretrained config gives the recipe, e.g. "
-                                                                 "timm:convnextv2_nano.fcmae_ft_in22k_in1k_384) or torchvision:ARCH[.WEIGHTS]")
-    parser.add_argument("--labels", required=True,
-                        help="index_to_name.json, a JSON list, a text file (one label a line), or 'imagenet'")
-    parser.add_argument("--recipe", help="JSON recipe (crop_size, resize_size, interpolation, mean, std, crop_mode); "
-                                         "default: the library's own, see --architecture and --weights")
-    parser.add_argument("--weights", help="torchvision weights whose transforms give the recipe (IMAGENET1K_V2); "
-                                          "the same as --architecture torchvision:ARCH.WEIGHTS")
+    parser.add_argument(
+        "--architecture",
+        required=True,
+        help="timm:ARCH[.TAG] (the tag's pretrained config gives the recipe, e.g. "
+        "timm:convnextv2_nano.fcmae_ft_in22k_in1k_384) or torchvision:ARCH[.WEIGHTS]",
+    )
+    parser.add_argument(
+        "--labels", required=True, help="index_to_name.json, a JSON list, a text file (one label a line), or 'imagenet'"
+    )
+    parser.add_argument(
+        "--recipe",
+        help="JSON recipe (crop_size, resize_size, interpolation, mean, std, crop_mode); "
+        "default: the library's own, see --architecture and --weights",
+    )
+    parser.add_argument(
+        "--weights",
+        help="torchvision weights whose transforms give the recipe (IMAGENET1K_V2); "
+        "the same as --architecture torchvision:ARCH.WEIGHTS",
+    )
     parser.add_argument("--version", default="1.0")
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="allow arbitrary unpickling of a TRUSTED file (can run code); recorded in the output")
+    parser.add_argument(
+        "--allow-unsafe-pickle",
+        action="store_true",
+        help="allow arbitrary unpickling of a TRUSTED file (can run code); recorded in the output",
+    )
     args = parser.parse_args(argv)
     try:
         if args.labels == "imagenet":
@@ -67,8 +89,16 @@ def main(argv=None) -> int:
         else:
             labels = read_labels(args.labels)
         recipe = json.loads(args.recipe) if args.recipe else None
-        summary = convert(args.input, args.architecture, labels, recipe, args.version, args.output,
-                          args.allow_unsafe_pickle, args.weights)
+        summary = convert(
+            args.input,
+            args.architecture,
+            labels,
+            recipe,
+            args.version,
+            args.output,
+            args.allow_unsafe_pickle,
+            args.weights,
+        )
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,8 +16,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from handlers.model.checkpoint import load_classifier  # noqa: E402
-from handlers.request.decoding import decode_image  # noqa: E402
 from handlers.model.recipe import normalize  # noqa: E402
+from handlers.request.decoding import decode_image  # noqa: E402
 from handlers.request.pixels import recipe_pixels  # noqa: E402
 from modeltools.onnx_export import save_onnx  # noqa: E402
 from modeltools.save import save_exported, save_torchscript  # noqa: E402

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """In-process on a CUDA GPU, no TorchServe or Java: bytes to answers through the handler's own
 request path and engine, at several batch sizes, for float32, autocast float16 (JPEGs decoded
-on the CPU, and in one call on the device as CUDA workers do) and a stock-style pipeline (full CPU decode, eager float32), with top-1 agreement against float32 on the labelled
-photos. `--device cpu` runs the same on the CPU (adding dynamic int8 Linear layers)."""
+on the CPU, and in one call on the device as CUDA workers do) and a stock-style pipeline (full
+CPU decode, eager float32), with top-1 agreement against float32 on the labelled photos.
+`--device cpu` runs the same on the CPU (adding dynamic int8 Linear layers)."""
 
 from __future__ import annotations
 
@@ -29,26 +30,39 @@ VARIANTS = {
     "float32": (EngineOptions(precision="float32"), True, False),
     "autocast float16": (EngineOptions(precision="float16"), True, False),
     "autocast float16, JPEGs decoded on the device": (EngineOptions(precision="float16"), False, True),
-    "stock-style (full decode, eager float32)": (EngineOptions(precision="float32", graph="eager", channels_last=False),
-                                                 False, False),
+    "stock-style (full decode, eager float32)": (
+        EngineOptions(precision="float32", graph="eager", channels_last=False),
+        False,
+        False,
+    ),
 }
 
 
 class Pipeline:
     """The handler's path without TorchServe: decode on a thread pool, the engine, top-k."""
 
-    def __init__(self, checkpoint: Path, device: torch.device, batch: int, options: EngineOptions, draft: bool,
-                 on_device: bool = False):
+    def __init__(
+        self,
+        checkpoint: Path,
+        device: torch.device,
+        batch: int,
+        options: EngineOptions,
+        draft: bool,
+        on_device: bool = False,
+    ):
         model, self.info = load_classifier(checkpoint, device, options.channels_last)
         self.engine = Engine(model, self.info.recipe, device, batch, options)
         self.device, self.draft, self.on_device = device, draft, on_device
         self.decoders = ThreadPoolExecutor(torch.get_num_threads(), initializer=single_threaded_torch)
 
     def __call__(self, bodies: list[bytes]) -> list[list[dict]]:
-        decoded = decode_on_device(bodies, self.info.recipe, self.device, 10**9) if self.on_device else [None] * len(bodies)
+        decoded = (
+            decode_on_device(bodies, self.info.recipe, self.device, 10**9) if self.on_device else [None] * len(bodies)
+        )
         rest = [i for i, d in enumerate(decoded) if d is None]  # the handler's fallback: the CPU path
-        for i, pixels in zip(rest, self.decoders.map(lambda i: image_pixels(bodies[i], 10**9, self.info.recipe,
-                                                                              draft=self.draft), rest)):
+        for i, pixels in zip(
+            rest, self.decoders.map(lambda i: image_pixels(bodies[i], 10**9, self.info.recipe, draft=self.draft), rest)
+        ):
             decoded[i] = pixels.to(self.device)
         pixels = decoded
         return top_k(self.engine.run(torch.stack(pixels)).logits, self.info.labels, [1] * len(bodies))
@@ -93,11 +107,21 @@ def main(argv=None) -> int:
         acceptable = sum(labels[n] is None or t in labels[n] for n, t in zip(names, top1))
         for batch in batches:
             rate = measure(pipeline, bodies, batch, args.seconds)
-            rows.append({"variant": variant, "batch": batch, "img_s": rate,
-                         "top1_agree_with_float32": f"{agree}/{len(names)}", "top1_acceptable": f"{acceptable}/{len(names)}",
-                         "engine": pipeline.engine.describe()})
-            print(f"{variant:42s} batch {batch:3d}: {rate:8.1f} img/s  top-1 = float32 on {agree}/{len(names)}, "
-                  f"acceptable {acceptable}/{len(names)}", flush=True)
+            rows.append(
+                {
+                    "variant": variant,
+                    "batch": batch,
+                    "img_s": rate,
+                    "top1_agree_with_float32": f"{agree}/{len(names)}",
+                    "top1_acceptable": f"{acceptable}/{len(names)}",
+                    "engine": pipeline.engine.describe(),
+                }
+            )
+            print(
+                f"{variant:42s} batch {batch:3d}: {rate:8.1f} img/s  top-1 = float32 on {agree}/{len(names)}, "
+                f"acceptable {acceptable}/{len(names)}",
+                flush=True,
+            )
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     print(f"device: {name}, torch {torch.__version__}")
     if args.json:

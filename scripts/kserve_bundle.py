@@ -74,11 +74,18 @@ def host_limits() -> dict:
 
 
 def snapshot(name: str, version: str, config: dict, workers: int) -> str:
-    model = {"defaultVersion": True, "marName": f"{name}.mar", "minWorkers": workers, "maxWorkers": workers,
-             "batchSize": config["batchSize"], "maxBatchDelay": config["maxBatchDelay"],
-             "responseTimeout": config["responseTimeout"]}
-    return json.dumps({"name": "startup.cfg", "modelCount": 1, "models": {name: {version: model}}},
-                      separators=(",", ":"))
+    model = {
+        "defaultVersion": True,
+        "marName": f"{name}.mar",
+        "minWorkers": workers,
+        "maxWorkers": workers,
+        "batchSize": config["batchSize"],
+        "maxBatchDelay": config["maxBatchDelay"],
+        "responseTimeout": config["responseTimeout"],
+    }
+    return json.dumps(
+        {"name": "startup.cfg", "modelCount": 1, "models": {name: {version: model}}}, separators=(",", ":")
+    )
 
 
 def write_bundle(checkpoint: Path, name: str, version: str, out: Path, sets: list[str], workers: int = 1) -> Path:
@@ -87,8 +94,9 @@ def write_bundle(checkpoint: Path, name: str, version: str, out: Path, sets: lis
     (bundle / "config").mkdir(parents=True)
     config = model_config(ROOT / "model-config.yaml", sets)
     build(checkpoint, name, version, bundle / "model-store", config)
-    (bundle / "config" / "config.properties").write_text(CONFIG.format(
-        mount=MOUNT, **PORTS, **host_limits(), snapshot=snapshot(name, version, config, workers)))
+    (bundle / "config" / "config.properties").write_text(
+        CONFIG.format(mount=MOUNT, **PORTS, **host_limits(), snapshot=snapshot(name, version, config, workers))
+    )
     shutil.copy(ROOT / "metrics.yaml", bundle / "config" / "metrics.yaml")
     return bundle
 
@@ -100,8 +108,13 @@ def main(argv=None) -> int:
     parser.add_argument("--version", default="1.0")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "kserve")
     parser.add_argument("--workers", type=int, default=1, help="TorchServe workers per pod (one per GPU; CPU: 1)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="model-config.yaml overrides, as build_mar.py takes them (batchSize=16)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model-config.yaml overrides, as build_mar.py takes them (batchSize=16)",
+    )
     args = parser.parse_args(argv)
     bundle = write_bundle(args.checkpoint, args.model_name, args.version, args.out, args.set, args.workers)
     print(f"KServe storage bundle: {bundle}")

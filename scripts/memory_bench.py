@@ -47,7 +47,7 @@ def photo_like(width: int, height: int) -> Image.Image:
 
 
 def encodings(pixels: int) -> dict[str, bytes]:
-    side = int(pixels ** 0.5) - 1
+    side = int(pixels**0.5) - 1
     img = photo_like(side, side)
     out = {}
 
@@ -58,7 +58,7 @@ def encodings(pixels: int) -> dict[str, bytes]:
 
     save("jpeg", img, "JPEG", quality=90)
     save("png", img, "PNG", compress_level=1)
-    gray16 = (np.asarray(img.convert("L"), dtype=np.uint16) * 257)
+    gray16 = np.asarray(img.convert("L"), dtype=np.uint16) * 257
     save("png16", Image.fromarray(gray16), "PNG", compress_level=1)
     rgba = img.convert("RGBA")
     rgba.paste((0, 0, 0, 0), (0, 0, side // 8, side // 8))  # a transparent corner: the alpha is kept
@@ -80,7 +80,7 @@ def measure(config: dict, bodies: dict[str, bytes], args, work: Path) -> dict:
     build(args.checkpoint, model, "1.0", work / "store", config)
     server = TorchServe(work / "ts", work / "store", f"{model}.mar").start([model])
     try:
-        photo = (ROOT.parent / "shared" / "images" / "kitten.jpg")
+        photo = ROOT.parent / "shared" / "images" / "kitten.jpg"
         server.post(model, data=photo.read_bytes() if photo.exists() else bodies["jpeg"]).raise_for_status()
         time.sleep(2)
         idle = worker_rss(server, model)
@@ -117,8 +117,15 @@ def measure(config: dict, bodies: dict[str, bytes], args, work: Path) -> dict:
         pids = server.worker_pids(model)
     finally:
         server.stop()
-    return {"burst_s": round(burst_s, 1), "idle_mib": round(idle / MIB), "peak_mib": round(max(peak) / MIB),
-            "after_mib": round(after / MIB), "alone_mib": alone, "codes": codes, "worker_pids": pids}
+    return {
+        "burst_s": round(burst_s, 1),
+        "idle_mib": round(idle / MIB),
+        "peak_mib": round(max(peak) / MIB),
+        "after_mib": round(after / MIB),
+        "alone_mib": alone,
+        "codes": codes,
+        "worker_pids": pids,
+    }
 
 
 def main(argv=None) -> int:
@@ -127,10 +134,20 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="times every client sends every format")
     parser.add_argument("--after", type=float, default=60, help="seconds after the burst to measure again")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="model-config.yaml override for the archive, e.g. handler.max_image_pixels=20000000")
-    parser.add_argument("--variant", action="append", default=[], metavar="OPT[,OPT]",
-                        help="also measure the handler with these optimisations disabled, e.g. torchcodec")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model-config.yaml override for the archive, e.g. handler.max_image_pixels=20000000",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="OPT[,OPT]",
+        help="also measure the handler with these optimisations disabled, e.g. torchcodec",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     config = model_config(ROOT / "model-config.yaml", args.set)
@@ -146,22 +163,35 @@ def main(argv=None) -> int:
         disabled = [*shipped, *filter(None, variant.split(","))]
         overrides = [*args.set, f"handler.diagnostics.disable=[{','.join(disabled)}]"]
         print(f"measuring {name} ...", flush=True)
-        results[name] = measure(model_config(ROOT / "model-config.yaml", overrides), bodies,
-                                args, Path(tempfile.mkdtemp(prefix="memory-bench-")))
-    summary = {"max_image_pixels": limit, "clients": args.clients, "rounds": args.rounds, "after_s": args.after,
-               "results": results}
+        results[name] = measure(
+            model_config(ROOT / "model-config.yaml", overrides),
+            bodies,
+            args,
+            Path(tempfile.mkdtemp(prefix="memory-bench-")),
+        )
+    summary = {
+        "max_image_pixels": limit,
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "after_s": args.after,
+        "results": results,
+    }
     print(json.dumps(summary, indent=2))
     print(f"\n| | idle | peak | {args.after:.0f} s after the burst | burst time |\n| --- | --- | --- | --- | --- |")
     for name, r in results.items():
-        print(f"| {name} | {r['idle_mib']:,} MiB | idle + {r['peak_mib'] - r['idle_mib']:,} MiB "
-              f"| idle {r['after_mib'] - r['idle_mib']:+,} MiB | {r['burst_s']} s |")
+        print(
+            f"| {name} | {r['idle_mib']:,} MiB | idle + {r['peak_mib'] - r['idle_mib']:,} MiB "
+            f"| idle {r['after_mib'] - r['idle_mib']:+,} MiB | {r['burst_s']} s |"
+        )
     ours = results["this handler"]
     print("\none image at the limit, sent alone: worker RSS peak over its RSS before, MiB")
     print("| format | " + " | ".join(results) + " |\n| --- |" + " --- |" * len(results))
     for name in bodies:
         print(f"| {name} | " + " | ".join(f"{r['alone_mib'][name]:,}" for r in results.values()) + " |")
-    print(f"\nthis handler: peak idle + {ours['peak_mib'] - ours['idle_mib']} MiB (target <= 1024), "
-          f"after idle {ours['after_mib'] - ours['idle_mib']:+} MiB (target <= 150), idle {ours['idle_mib']} MiB")
+    print(
+        f"\nthis handler: peak idle + {ours['peak_mib'] - ours['idle_mib']} MiB (target <= 1024), "
+        f"after idle {ours['after_mib'] - ours['idle_mib']:+} MiB (target <= 150), idle {ours['idle_mib']} MiB"
+    )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0

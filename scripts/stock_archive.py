@@ -18,10 +18,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from handlers.model.checkpoint import read_checkpoint  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "scripts"))
 from build_mar import run_archiver  # noqa: E402
 
-MODEL_FILE = '''import timm
+MODEL_FILE = """import timm
 import torch
 
 
@@ -32,7 +33,7 @@ class StockBenchModel(torch.nn.Module):
 
     def forward(self, x):
         return self.net(x)
-'''
+"""
 
 
 def build_stock_mar(checkpoint: Path, name: str, export: Path, batch_size: int, max_batch_delay: int) -> Path:
@@ -44,12 +45,27 @@ def build_stock_mar(checkpoint: Path, name: str, export: Path, batch_size: int, 
         tmp = Path(tmp)
         (tmp / "model.py").write_text(MODEL_FILE.format(arch=arch, num_classes=len(info.labels)))
         torch.save({f"net.{k}": v for k, v in state_dict.items()}, tmp / "weights.pth")
-        (tmp / "index_to_name.json").write_text(json.dumps({str(i): l for i, l in enumerate(info.labels)}))
-        (tmp / "model-config.yaml").write_text(yaml.safe_dump({"batchSize": batch_size, "maxBatchDelay": max_batch_delay}))
+        (tmp / "index_to_name.json").write_text(json.dumps({str(i): label for i, label in enumerate(info.labels)}))
+        (tmp / "model-config.yaml").write_text(
+            yaml.safe_dump({"batchSize": batch_size, "maxBatchDelay": max_batch_delay})
+        )
         run_archiver(
-            "--model-name", name, "--version", "1.0", "--model-file", str(tmp / "model.py"),
-            "--serialized-file", str(tmp / "weights.pth"), "--handler", "image_classifier",
-            "--extra-files", str(tmp / "index_to_name.json"), "--config-file", str(tmp / "model-config.yaml"),
-            "--export-path", str(export), "--force",
+            "--model-name",
+            name,
+            "--version",
+            "1.0",
+            "--model-file",
+            str(tmp / "model.py"),
+            "--serialized-file",
+            str(tmp / "weights.pth"),
+            "--handler",
+            "image_classifier",
+            "--extra-files",
+            str(tmp / "index_to_name.json"),
+            "--config-file",
+            str(tmp / "model-config.yaml"),
+            "--export-path",
+            str(export),
+            "--force",
         )
     return export / f"{name}.mar"

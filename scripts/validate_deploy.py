@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import warnings
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jsonschema
@@ -23,9 +23,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CRDS = ROOT.parent / "shared" / "kserve"
-KSERVE_KINDS = {"InferenceService": "serving.kserve.io_inferenceservices.yaml",
-                "ServingRuntime": "serving.kserve.io_servingruntimes.yaml",
-                "ClusterServingRuntime": "serving.kserve.io_clusterservingruntimes.yaml"}
+KSERVE_KINDS = {
+    "InferenceService": "serving.kserve.io_inferenceservices.yaml",
+    "ServingRuntime": "serving.kserve.io_servingruntimes.yaml",
+    "ClusterServingRuntime": "serving.kserve.io_clusterservingruntimes.yaml",
+}
 PROTOCOLS = ("v1", "v2", "grpc-v2")
 
 
@@ -37,8 +39,10 @@ def render(directory: Path) -> list[dict]:
     """`kubectl kustomize DIR` -> its objects."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        raise RuntimeError("kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/); "
-                           "its built-in kustomize renders deploy/")
+        raise RuntimeError(
+            "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/); "
+            "its built-in kustomize renders deploy/"
+        )
     out = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True)
     if out.returncode != 0:
         raise ValueError(f"kubectl kustomize {directory} failed: {out.stderr.strip()}")
@@ -52,13 +56,16 @@ def strict(schema):
     if not isinstance(schema, dict):
         return schema
     out = {k: strict(v) for k, v in schema.items()}
-    if ("properties" in out and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def crd_schema(crds: Path, kind: str, version: str) -> dict:
     crd = yaml.safe_load((crds / KSERVE_KINDS[kind]).read_text())
     for v in crd["spec"]["versions"]:

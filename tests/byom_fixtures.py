@@ -15,7 +15,9 @@ from tests.conftest import ROOT
 
 
 def script(name, *args):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *map(str, args)], capture_output=True, text=True
+    )
 
 
 def _shared(tmp_path_factory, name: str) -> Path:
@@ -31,7 +33,7 @@ def imagenet_labels(tmp_path_factory, default_checkpoint):
     path = _shared(tmp_path_factory, "labels") / "index_to_name.json"
     if not path.exists():
         _, info = read_checkpoint(default_checkpoint)
-        path.write_text(json.dumps({str(i): ["n000", l] for i, l in enumerate(info.labels)}))
+        path.write_text(json.dumps({str(i): ["n000", label] for i, label in enumerate(info.labels)}))
     return path
 
 
@@ -42,9 +44,21 @@ def converted_default(default_checkpoint, imagenet_labels, tmp_path_factory):
     if (tmp / "converted.pt").exists():
         return tmp / "converted.pt"
     sd, _ = read_checkpoint(default_checkpoint)
-    torch.save({"state_dict": {f"module._orig_mod.{k}": v for k, v in sd.items()}, "optimizer": {}, "epoch": 90}, tmp / "train.ckpt")
-    out = script("convert_checkpoint.py", "--input", tmp / "train.ckpt", "--architecture", "timm:tf_efficientnet_lite0",
-                 "--labels", imagenet_labels, "--output", tmp / "converted.pt")
+    torch.save(
+        {"state_dict": {f"module._orig_mod.{k}": v for k, v in sd.items()}, "optimizer": {}, "epoch": 90},
+        tmp / "train.ckpt",
+    )
+    out = script(
+        "convert_checkpoint.py",
+        "--input",
+        tmp / "train.ckpt",
+        "--architecture",
+        "timm:tf_efficientnet_lite0",
+        "--labels",
+        imagenet_labels,
+        "--output",
+        tmp / "converted.pt",
+    )
     assert out.returncode == 0, out.stderr
     return tmp / "converted.pt"
 

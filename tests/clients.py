@@ -17,7 +17,9 @@ def b64(data: bytes) -> str:
 def triton_input(images: list[bytes], binary: bool, name: str = "image") -> triton.InferInput:
     """A BYTES input of encoded images: raw in the binary extension, base64 in JSON."""
     tensor = triton.InferInput(name, [len(images)], "BYTES")
-    tensor.set_data_from_numpy(np.array(images if binary else [b64(i) for i in images], dtype=object), binary_data=binary)
+    tensor.set_data_from_numpy(
+        np.array(images if binary else [b64(i) for i in images], dtype=object), binary_data=binary
+    )
     return tensor
 
 

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGES = Path(os.environ.get("TEST_IMAGES", ROOT.parent / "shared" / "images"))
 DEFAULT_CHECKPOINT = ROOT / "build" / "efficientnet_lite0.pt"
 sys.path.insert(0, str(ROOT))
+pytest_plugins = ["tests.byom_fixtures"]  # converted and exported models, built once per session
 
 
 def labelled_photos() -> dict[str, list[str] | None]:
@@ -34,7 +35,12 @@ def default_checkpoint() -> Path:
     """The default EfficientNet-Lite0 checkpoint, built once if `make` has not built it."""
     if not DEFAULT_CHECKPOINT.exists():
         subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "build_default_checkpoint.py"), "--output", str(DEFAULT_CHECKPOINT)],
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "build_default_checkpoint.py"),
+                "--output",
+                str(DEFAULT_CHECKPOINT),
+            ],
             check=True,
         )
     return DEFAULT_CHECKPOINT

@@ -44,7 +44,12 @@ def png_bomb(width: int, height: int) -> bytes:
 
 
 def gif_header_bomb() -> bytes:
-    return b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00\x00\x00" + b",\x00\x00\x00\x00\xff\xff\xff\xff\x00\x02\x02D\x01\x00;"
+    return (
+        b"GIF89a"
+        + struct.pack("<HH", 65535, 65535)
+        + b"\x00\x00\x00"
+        + b",\x00\x00\x00\x00\xff\xff\xff\xff\x00\x02\x02D\x01\x00;"
+    )
 
 
 def bad_cases(photo: bytes) -> list[Case]:
@@ -90,7 +95,9 @@ def bad_cases(photo: bytes) -> list[Case]:
         Case("json_topk_zero", {"image": b64_photo, "topk": 0}, 400, "bad_topk"),
         Case("json_topk_huge", {"image": b64_photo, "topk": 100000}, 400, "bad_topk"),
         Case("header_topk_text", photo, 400, "bad_topk", {"X-TopK": "many"}),
-        Case("json_invalid_syntax", b'{"image": "abc', 400, "not_an_image", {"Content-Type": "application/octet-stream"}),
+        Case(
+            "json_invalid_syntax", b'{"image": "abc', 400, "not_an_image", {"Content-Type": "application/octet-stream"}
+        ),
         Case("corrupt_then_valid_tail", bytes(corrupt_scan[:200]) + bytes(300), 400, "corrupt_image"),
     ]
 
@@ -106,7 +113,7 @@ def edge_case_encodings(photo: bytes) -> dict[str, bytes]:
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated; viewers rotate it 90 degrees clockwise back
     rotated = rgb.transpose(Image.Transpose.ROTATE_90)
-    rgb16 = (arr.astype(np.uint16) * 257)
+    rgb16 = arr.astype(np.uint16) * 257
     return {
         "baseline.jpg": _save(rgb, "JPEG", quality=95),
         "progressive.jpg": _save(rgb, "JPEG", quality=95, progressive=True),
@@ -131,7 +138,12 @@ def _png16(arr16: np.ndarray) -> bytes:
     h, w, _ = arr16.shape
     raw = b"".join(b"\x00" + arr16[y].astype(">u2").tobytes() for y in range(h))
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def as_request(case_body) -> dict:

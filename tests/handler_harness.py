@@ -13,14 +13,21 @@ from handlers.image_classifier import ImageClassifier
 METRICS_YAML = Path(__file__).resolve().parents[1] / "metrics.yaml"  # the one config.properties names
 
 
-def make_context(model_dir: Path, checkpoint_name: str, config: dict | None = None, batch_size: int = 8, gpu=None,
-                 version: str = "1.0"):
+def make_context(
+    model_dir: Path,
+    checkpoint_name: str,
+    config: dict | None = None,
+    batch_size: int = 8,
+    gpu=None,
+    version: str = "1.0",
+):
     manifest = {"model": {"modelName": "test", "serializedFile": checkpoint_name, "modelVersion": version}}
     return Context("test", str(model_dir), manifest, batch_size, gpu, "0.12.0", model_yaml_config=config or {})
 
 
-def load_handler(checkpoint: Path, tmp_dir: Path, config: dict | None = None, batch_size: int = 8, gpu=None,
-                 version: str = "1.0"):
+def load_handler(
+    checkpoint: Path, tmp_dir: Path, config: dict | None = None, batch_size: int = 8, gpu=None, version: str = "1.0"
+):
     """Lay out a model dir like an unpacked .mar and initialize the handler from it."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     target = tmp_dir / checkpoint.name

@@ -107,21 +107,33 @@ def run(args) -> dict:
     finally:
         stop.set()
         server.stop()
-    return {"minutes": args.minutes, "clients": args.clients, "hostile_share": args.hostile,
-            "answers": [{"traffic": k, "status": s, "type": t, "count": n} for (k, s, t), n in sorted(counts.items())],
-            "wrong_good_answers": dict(wrong), "worker_restarts": len(seen_pids - first_pids),
-            "idle_rss_mib": round(idle / 2**20), "peak_rss_mib": round(peak["rss"] / 2**20)}
+    return {
+        "minutes": args.minutes,
+        "clients": args.clients,
+        "hostile_share": args.hostile,
+        "answers": [{"traffic": k, "status": s, "type": t, "count": n} for (k, s, t), n in sorted(counts.items())],
+        "wrong_good_answers": dict(wrong),
+        "worker_restarts": len(seen_pids - first_pids),
+        "idle_rss_mib": round(idle / 2**20),
+        "peak_rss_mib": round(peak["rss"] / 2**20),
+    }
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Soak: {report['minutes']} min, {report['clients']} clients, "
-             f"{report['hostile_share']:.0%} hostile", "",
-             "| traffic | status | type | answers |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"# Soak: {report['minutes']} min, {report['clients']} clients, {report['hostile_share']:.0%} hostile",
+        "",
+        "| traffic | status | type | answers |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [f"| {a['traffic']} | {a['status']} | {a['type']} | {a['count']} |" for a in report["answers"]]
-    lines += ["", f"Wrong or missing answers to good requests: {sum(report['wrong_good_answers'].values())} "
-                  f"{report['wrong_good_answers'] or ''}",
-              f"Worker restarts: {report['worker_restarts']}",
-              f"Worker RSS: idle {report['idle_rss_mib']} MiB, peak {report['peak_rss_mib']} MiB"]
+    lines += [
+        "",
+        f"Wrong or missing answers to good requests: {sum(report['wrong_good_answers'].values())} "
+        f"{report['wrong_good_answers'] or ''}",
+        f"Worker restarts: {report['worker_restarts']}",
+        f"Worker RSS: idle {report['idle_rss_mib']} MiB, peak {report['peak_rss_mib']} MiB",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -137,8 +149,11 @@ def main(argv=None) -> int:
     text = markdown(report)
     (args.out / "soak.md").write_text(text)
     print(text)
-    ok = report["worker_restarts"] == 0 and not report["wrong_good_answers"] and not any(
-        a["status"] >= 500 for a in report["answers"])
+    ok = (
+        report["worker_restarts"] == 0
+        and not report["wrong_good_answers"]
+        and not any(a["status"] >= 500 for a in report["answers"])
+    )
     return 0 if ok else 1
 
 

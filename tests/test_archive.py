@@ -8,23 +8,36 @@ import zipfile
 import yaml
 
 from handlers.model.checkpoint import build_architecture
-
-from modeltools.save import save_checkpoint
 from handlers.model.recipe import Recipe
+from modeltools.save import save_checkpoint
 from tests.conftest import ROOT
 
 
 def build(tmp_path, checkpoint, *extra):
     return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "build_mar.py"), "--checkpoint", str(checkpoint),
-         "--model-name", "tiny", "--version", "2.0", "--export-path", str(tmp_path / "store"), *extra],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "build_mar.py"),
+            "--checkpoint",
+            str(checkpoint),
+            "--model-name",
+            "tiny",
+            "--version",
+            "2.0",
+            "--export-path",
+            str(tmp_path / "store"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
     )
 
 
 def tiny_checkpoint(path, labels=3):
     model = build_architecture("torchvision:resnet18", num_classes=3)
-    save_checkpoint(path, model.state_dict(), "torchvision:resnet18", Recipe(64, 72), [str(i) for i in range(labels)], "2.0")
+    save_checkpoint(
+        path, model.state_dict(), "torchvision:resnet18", Recipe(64, 72), [str(i) for i in range(labels)], "2.0"
+    )
     return path
 
 
@@ -35,8 +48,14 @@ def test_archive_is_self_contained(tmp_path):
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
         config = yaml.safe_load(mar.read("model-config.yaml"))
-    assert {"image_classifier.py", "tiny.pt", "handlers/__init__.py", "handlers/request/pixels.py",
-            "handlers/model/engine.py", "handlers/model/checkpoint.py"} <= names
+    assert {
+        "image_classifier.py",
+        "tiny.pt",
+        "handlers/__init__.py",
+        "handlers/request/pixels.py",
+        "handlers/model/engine.py",
+        "handlers/model/checkpoint.py",
+    } <= names
     assert not any("__pycache__" in n or n.startswith("modeltools/") for n in names)  # offline tools stay out
     assert manifest["model"]["modelVersion"] == "2.0" and manifest["model"]["handler"] == "image_classifier.py"
     assert config["batchSize"] == 4 and config["handler"]["topk"] == 2

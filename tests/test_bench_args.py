@@ -15,19 +15,24 @@ from bench_report import markdown  # noqa: E402
 def test_variant_parses_name_and_overrides():
     assert parse_variant("threads1:handler.cpu_threads=1") == ("threads1", ["handler.cpu_threads=1"])
     assert parse_variant("big:handler.decode_threads=4,handler.diagnostics.disable=[cpu_streams]") == (
-        "big", ["handler.decode_threads=4", "handler.diagnostics.disable=[cpu_streams]"])
+        "big",
+        ["handler.decode_threads=4", "handler.diagnostics.disable=[cpu_streams]"],
+    )
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("handler.cpu_threads=1", "expects NAME:key=value"),  # no name
-    ("t1:", "expects NAME:key=value"),  # no overrides
-    ("t-1:handler.cpu_threads=1", "expects NAME:key=value"),  # not a usable name
-    ("t1:handler.cpu_threads", "expects NAME:key=value"),  # no value
-    ("stock:handler.cpu_threads=1", "taken by a built-in handler"),
-    ("t1:handler.cpu_thread=1", "unknown handler settings"),  # typo: refused before any run
-    ("t1:handler.quantize_int8=maybe", "must be true or false"),
-    ("t1:handler.diagnostics.disable=[speed]", "unknown optimizations"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("handler.cpu_threads=1", "expects NAME:key=value"),  # no name
+        ("t1:", "expects NAME:key=value"),  # no overrides
+        ("t-1:handler.cpu_threads=1", "expects NAME:key=value"),  # not a usable name
+        ("t1:handler.cpu_threads", "expects NAME:key=value"),  # no value
+        ("stock:handler.cpu_threads=1", "taken by a built-in handler"),
+        ("t1:handler.cpu_thread=1", "unknown handler settings"),  # typo: refused before any run
+        ("t1:handler.quantize_int8=maybe", "must be true or false"),
+        ("t1:handler.diagnostics.disable=[speed]", "unknown optimizations"),
+    ],
+)
 def test_bad_variants_are_refused_with_the_reason(text, fragment):
     with pytest.raises(argparse.ArgumentTypeError, match=fragment):
         parse_variant(text)
@@ -43,14 +48,24 @@ def _report(runs: list[dict], **settings) -> dict:
         "settings": {"batchSize": 8, "maxBatchDelay": 20, "workers": 1, "duration_s": 10, "rounds": 3, **settings},
         "runs": runs,
         "model_alone_img_s": {"eager contiguous batch 8": 30.0},
-        "agreement": [{"size": "12MP", "photo": "a.jpg", "reference": "cat", "served": "cat", "same_top1": True,
-                       "prob_shift": 0.01}],
+        "agreement": [
+            {
+                "size": "12MP",
+                "photo": "a.jpg",
+                "reference": "cat",
+                "served": "cat",
+                "same_top1": True,
+                "prob_shift": 0.01,
+            }
+        ],
     }
 
 
 def test_report_names_each_variant_and_its_rows():
-    report = _report([{**RUN, "handler": "ours"}, {**RUN, "handler": "threads1", "throughput": 25.5}],
-                     variants={"threads1": ["handler.cpu_threads=1"]})
+    report = _report(
+        [{**RUN, "handler": "ours"}, {**RUN, "handler": "threads1", "throughput": 25.5}],
+        variants={"threads1": ["handler.cpu_threads=1"]},
+    )
     text = markdown(report)
     assert "threads1: this handler again with handler.cpu_threads=1." in text
     assert "| 12MP | threads1 | 16 | 25.5 |" in text
@@ -60,7 +75,10 @@ def test_report_mentions_ours_scaled_only_when_it_ran():
     report = _report([{**RUN, "handler": "ours"}], scaled_workers=2, scaled_threads=1)
     assert "ours_scaled" not in markdown(report)
     report["runs"].append({**RUN, "handler": "ours_scaled"})
-    assert "ours_scaled: this handler again, 2 workers x 1 torch threads (`make serve CPU_WORKERS=2 CPU_THREADS=1`)" in markdown(report)
+    assert (
+        "ours_scaled: this handler again, 2 workers x 1 torch threads (`make serve CPU_WORKERS=2 CPU_THREADS=1`)"
+        in markdown(report)
+    )
 
 
 def test_targets_judge_the_issue_yardstick_and_the_stricter_one_apart():
@@ -69,17 +87,35 @@ def test_targets_judge_the_issue_yardstick_and_the_stricter_one_apart():
     from bench_report import targets
 
     def run(size, handler, conc, rps, p99):
-        return {"size": size, "handler": handler, "concurrency": conc, "throughput": rps,
-                "p50_ms": p99 / 2, "p90_ms": p99 / 1.5, "p99_ms": p99, "errors": 0}
+        return {
+            "size": size,
+            "handler": handler,
+            "concurrency": conc,
+            "throughput": rps,
+            "p50_ms": p99 / 2,
+            "p90_ms": p99 / 1.5,
+            "p99_ms": p99,
+            "errors": 0,
+        }
 
-    runs = [run("500x375", "ours", 8, 80.0, 100), run("500x375", "ours", 16, 90.0, 200),
-            run("500x375", "stock", 8, 30.0, 400), run("500x375", "stock", 16, 29.0, 800),
-            run("500x375", "ours_scaled", 8, 110.0, 90), run("500x375", "ours_scaled", 16, 100.0, 180),
-            run("12MP", "ours", 8, 40.0, 300), run("12MP", "ours", 16, 44.0, 500),
-            run("12MP", "stock", 8, 10.0, 500), run("12MP", "stock", 16, 9.0, 900)]
+    runs = [
+        run("500x375", "ours", 8, 80.0, 100),
+        run("500x375", "ours", 16, 90.0, 200),
+        run("500x375", "stock", 8, 30.0, 400),
+        run("500x375", "stock", 16, 29.0, 800),
+        run("500x375", "ours_scaled", 8, 110.0, 90),
+        run("500x375", "ours_scaled", 16, 100.0, 180),
+        run("12MP", "ours", 8, 40.0, 300),
+        run("12MP", "ours", 16, 44.0, 500),
+        run("12MP", "stock", 8, 10.0, 500),
+        run("12MP", "stock", 16, 9.0, 900),
+    ]
     report = _report(runs, scaled_workers=2, scaled_threads=2)
-    report["model_alone_img_s"] = {"eager channels_last batch 4": 100.0, "eager contiguous batch 8": 40.0,
-                                   "engine as served (batch 8)": 150.0}
+    report["model_alone_img_s"] = {
+        "eager channels_last batch 4": 100.0,
+        "eager contiguous batch 8": 40.0,
+        "engine as served (batch 8)": 150.0,
+    }
     got = {what: (round(ratio, 3), met) for what, ratio, _goal, met in targets(report)}
     assert got == {
         "12 MP JPEGs: throughput vs stock handler": (4.4, False),
@@ -110,8 +146,10 @@ def test_server_env_parses_and_refuses_what_is_not_key_value():
 
 def test_report_states_the_openmp_environment_of_the_model_alone_and_of_the_workers():
     report = _report([{**RUN, "handler": "ours"}], server_env={"GOMP_SPINCOUNT": "10000"})
-    assert ("OpenMP: the model alone with libgomp's defaults, TorchServe's workers with GOMP_SPINCOUNT=10000."
-            in markdown(report))
+    assert (
+        "OpenMP: the model alone with libgomp's defaults, TorchServe's workers with GOMP_SPINCOUNT=10000."
+        in markdown(report)
+    )
     report["host"]["omp_env"] = {"OMP_WAIT_POLICY": "PASSIVE"}
     assert "the model alone with OMP_WAIT_POLICY=PASSIVE," in markdown(report)
 
@@ -130,9 +168,19 @@ def test_model_alone_times_the_eager_model_and_the_handlers_engine_on_the_same_n
         setups = {name: (run, x, batch) for name, run, x, batch in model_alone_setups(default_checkpoint, 2, 8)}
     finally:
         torch.set_num_threads(before)
-    assert [n for n in setups if n.startswith("eager contiguous")] == [f"eager contiguous batch {b}" for b in (1, 2, 4, 8, 16)]
-    engines = [f"engine{name} (batch 8)" for name in (" as served", ", eager graph", ", no oneDNN fusion",
-                                                      ", run-time padding", ", one multi-threaded pass")]
+    assert [n for n in setups if n.startswith("eager contiguous")] == [
+        f"eager contiguous batch {b}" for b in (1, 2, 4, 8, 16)
+    ]
+    engines = [
+        f"engine{name} (batch 8)"
+        for name in (
+            " as served",
+            ", eager graph",
+            ", no oneDNN fusion",
+            ", run-time padding",
+            ", one multi-threaded pass",
+        )
+    ]
     assert [n for n in setups if n.startswith("engine")] == engines
     eager, _, _ = setups["eager contiguous batch 8"]
     run, pixels, batch = setups[engines[0]]

@@ -46,7 +46,9 @@ def test_sixteen_bit_conversion_is_exact_rounding_of_v_over_257():
     v = np.arange(65536, dtype=np.uint16)
     expected = np.clip(v.astype(np.float64) / 257.0, 0, 255).round().astype(np.uint8)
     assert np.array_equal(_to_uint8(Image.fromarray(v.reshape(256, 256))), expected.reshape(256, 256))
-    assert np.array_equal(_to_uint8(Image.fromarray(np.array([[-5, 70000]], dtype=np.int32))), np.array([[0, 255]], dtype=np.uint8))
+    assert np.array_equal(
+        _to_uint8(Image.fromarray(np.array([[-5, 70000]], dtype=np.int32))), np.array([[0, 255]], dtype=np.uint8)
+    )
 
 
 @pytest.mark.parametrize("scale", [1.0, 255.0])
@@ -61,8 +63,10 @@ def test_float_conversion_matches_the_float64_reference_within_one_level(scale):
     assert list(got[:3]) == [0, 0, 0]
 
 
-@pytest.mark.parametrize("mode, dtype, top", [("I;16", np.uint16, 65535), ("I", np.int32, 65535), ("F", np.float32, 1.0),
-                                             ("F", np.float32, 255.0)])
+@pytest.mark.parametrize(
+    "mode, dtype, top",
+    [("I;16", np.uint16, 65535), ("I", np.int32, 65535), ("F", np.float32, 1.0), ("F", np.float32, 255.0)],
+)
 def test_a_pillow_image_converts_block_by_block_as_in_one_block(mode, dtype, top):
     rng = np.random.default_rng(1)
     arr = (rng.random((1500, 1100)) * top).astype(dtype)  # several blocks of rows
@@ -81,4 +85,3 @@ def test_freed_memory_is_given_back_on_glibc():
     blocks = [bytearray(64 * 1024) for _ in range(2000)]  # 128 MB of heap chunks, then freed
     del blocks
     assert release_freed_memory() is True
-

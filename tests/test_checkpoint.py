@@ -2,17 +2,21 @@ import pytest
 import torch
 
 from handlers.model.checkpoint import assert_inference_ready, build_architecture, load_classifier, read_checkpoint
-
-from modeltools.save import save_checkpoint
 from handlers.model.recipe import Recipe
+from modeltools.save import save_checkpoint
 
 LABELS = [f"class {i}" for i in range(3)]
 
 
 def small_checkpoint(path, **overrides):
     model = build_architecture("torchvision:resnet18", num_classes=3)
-    args = dict(state_dict=model.state_dict(), architecture="torchvision:resnet18", recipe=Recipe(64, 72),
-                labels=LABELS, version="0.1")
+    args = dict(
+        state_dict=model.state_dict(),
+        architecture="torchvision:resnet18",
+        recipe=Recipe(64, 72),
+        labels=LABELS,
+        version="0.1",
+    )
     args.update(overrides)
     save_checkpoint(path, **args)
     return path

@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from handlers.model.checkpoint import build_architecture, read_checkpoint
-from modeltools.convert import extract_state_dict, load_training_checkpoint, read_labels, recipe_for, strip_prefixes
 from handlers.model.programs import detect_format
 from handlers.model.recipe import Recipe
+from modeltools.convert import extract_state_dict, load_training_checkpoint, read_labels, recipe_for, strip_prefixes
+from tests.byom_fixtures import script
 from tests.conftest import labelled_photos
-from tests.byom_fixtures import converted_default, exported, imagenet_labels, script  # noqa: F401
 from tests.handler_harness import load_handler, run_batch
 
 
@@ -33,7 +33,12 @@ def test_labels_from_index_to_name_list_and_text(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"1": ["n1", "dog"], "0": ["n0", "cat"]}))
     (tmp_path / "b.json").write_text(json.dumps(["cat", "dog"]))
     (tmp_path / "c.txt").write_text("cat\ndog\n")
-    assert read_labels(tmp_path / "a.json") == read_labels(tmp_path / "b.json") == read_labels(tmp_path / "c.txt") == ["cat", "dog"]
+    assert (
+        read_labels(tmp_path / "a.json")
+        == read_labels(tmp_path / "b.json")
+        == read_labels(tmp_path / "c.txt")
+        == ["cat", "dog"]
+    )
     (tmp_path / "gap.json").write_text(json.dumps({"0": "cat", "2": "dog"}))
     with pytest.raises(ValueError, match="without gaps"):
         read_labels(tmp_path / "gap.json")
@@ -56,20 +61,54 @@ def test_arbitrary_pickles_are_refused_unless_opted_in(tmp_path):
 
 def test_convert_command_validates_and_refuses_mismatches(tmp_path):
     sd = build_architecture("torchvision:resnet18", 3).state_dict()
-    torch.save({"model_state_dict": {"module." + k: v for k, v in sd.items()}, "optimizer_state_dict": {}}, tmp_path / "train.ckpt")
+    torch.save(
+        {"model_state_dict": {"module." + k: v for k, v in sd.items()}, "optimizer_state_dict": {}},
+        tmp_path / "train.ckpt",
+    )
     (tmp_path / "labels.txt").write_text("a\nb\nc\n")
     recipe = json.dumps({"crop_size": 64, "resize_size": 72})
-    ok = script("convert_checkpoint.py", "--input", tmp_path / "train.ckpt", "--architecture", "torchvision:resnet18",
-                "--labels", tmp_path / "labels.txt", "--recipe", recipe, "--output", tmp_path / "m.pt")
+    ok = script(
+        "convert_checkpoint.py",
+        "--input",
+        tmp_path / "train.ckpt",
+        "--architecture",
+        "torchvision:resnet18",
+        "--labels",
+        tmp_path / "labels.txt",
+        "--recipe",
+        recipe,
+        "--output",
+        tmp_path / "m.pt",
+    )
     assert ok.returncode == 0, ok.stderr
     _, info = read_checkpoint(tmp_path / "m.pt")
     assert info.labels == ("a", "b", "c") and info.recipe.crop_size == 64
     (tmp_path / "five.txt").write_text("a\nb\nc\nd\ne\n")
-    bad = script("convert_checkpoint.py", "--input", tmp_path / "train.ckpt", "--architecture", "torchvision:resnet18",
-                 "--labels", tmp_path / "five.txt", "--recipe", recipe, "--output", tmp_path / "bad.pt")
+    bad = script(
+        "convert_checkpoint.py",
+        "--input",
+        tmp_path / "train.ckpt",
+        "--architecture",
+        "torchvision:resnet18",
+        "--labels",
+        tmp_path / "five.txt",
+        "--recipe",
+        recipe,
+        "--output",
+        tmp_path / "bad.pt",
+    )
     assert bad.returncode == 2 and "fc.weight" in bad.stderr
-    unknown = script("convert_checkpoint.py", "--input", tmp_path / "train.ckpt", "--architecture", "timm:nope_net",
-                     "--labels", tmp_path / "labels.txt", "--output", tmp_path / "x.pt")
+    unknown = script(
+        "convert_checkpoint.py",
+        "--input",
+        tmp_path / "train.ckpt",
+        "--architecture",
+        "timm:nope_net",
+        "--labels",
+        tmp_path / "labels.txt",
+        "--output",
+        tmp_path / "x.pt",
+    )
     assert unknown.returncode == 2 and "unknown" in unknown.stderr
 
 
@@ -95,18 +134,37 @@ def test_default_weights_through_each_path_classify_the_photos(fmt, converted_de
 def test_programs_are_code_and_load_only_when_trusted(fmt, exported, tmp_path):
     with pytest.raises(ValueError, match="runs code from the file.*--trust-program"):
         load_handler(exported[fmt], tmp_path)
-    refused = script("build_mar.py", "--checkpoint", exported[fmt], "--model-name", "p", "--export-path", tmp_path / "s")
+    refused = script(
+        "build_mar.py", "--checkpoint", exported[fmt], "--model-name", "p", "--export-path", tmp_path / "s"
+    )
     assert refused.returncode == 2 and "--trust-program" in refused.stderr and not (tmp_path / "s").exists()
-    trusted = script("build_mar.py", "--checkpoint", exported[fmt], "--model-name", "p", "--export-path",
-                     tmp_path / "s", "--trust-program")
+    trusted = script(
+        "build_mar.py",
+        "--checkpoint",
+        exported[fmt],
+        "--model-name",
+        "p",
+        "--export-path",
+        tmp_path / "s",
+        "--trust-program",
+    )
     assert trusted.returncode == 0 and "unsafe_source is recorded" in trusted.stdout, trusted.stderr
     with zipfile.ZipFile(tmp_path / "s" / "p.mar") as mar:
         assert yaml.safe_load(mar.read("model-config.yaml"))["handler"]["trust_program"] is True
 
 
 def test_export_writes_nothing_when_verification_fails(default_checkpoint, tmp_path):
-    out = script("export_model.py", "--checkpoint", default_checkpoint, "--format", "torchscript",
-                 "--output", tmp_path / "m.ts.pt", "--tolerance", "-1")
+    out = script(
+        "export_model.py",
+        "--checkpoint",
+        default_checkpoint,
+        "--format",
+        "torchscript",
+        "--output",
+        tmp_path / "m.ts.pt",
+        "--tolerance",
+        "-1",
+    )
     assert out.returncode == 2 and "does not match" in out.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -138,9 +196,21 @@ def tiny_eager(tmp_path):
 
 def test_eager_model_file_convention_is_archived_and_served(tmp_path, photos):
     tiny_eager(tmp_path)
-    out = script("build_mar.py", "--checkpoint", tmp_path / "weights.pth", "--model-file", tmp_path / "tiny_net.py",
-                 "--labels", tmp_path / "index_to_name.json", "--recipe", '{"crop_size": 32, "resize_size": 36}',
-                 "--model-name", "tiny", "--export-path", tmp_path / "store")
+    out = script(
+        "build_mar.py",
+        "--checkpoint",
+        tmp_path / "weights.pth",
+        "--model-file",
+        tmp_path / "tiny_net.py",
+        "--labels",
+        tmp_path / "index_to_name.json",
+        "--recipe",
+        '{"crop_size": 32, "resize_size": 36}',
+        "--model-name",
+        "tiny",
+        "--export-path",
+        tmp_path / "store",
+    )
     assert out.returncode == 0, out.stderr
     import zipfile
 
@@ -154,8 +224,19 @@ def test_eager_model_file_convention_is_archived_and_served(tmp_path, photos):
 
 def test_eager_model_file_needs_labels_and_recipe(tmp_path):
     tiny_eager(tmp_path)
-    out = script("build_mar.py", "--checkpoint", tmp_path / "weights.pth", "--model-file", tmp_path / "tiny_net.py",
-                 "--labels", tmp_path / "index_to_name.json", "--model-name", "tiny", "--export-path", tmp_path / "s")
+    out = script(
+        "build_mar.py",
+        "--checkpoint",
+        tmp_path / "weights.pth",
+        "--model-file",
+        tmp_path / "tiny_net.py",
+        "--labels",
+        tmp_path / "index_to_name.json",
+        "--model-name",
+        "tiny",
+        "--export-path",
+        tmp_path / "s",
+    )
     assert out.returncode == 2 and "--recipe" in out.stderr
 
 
@@ -175,12 +256,24 @@ def test_unsafe_opt_in_is_recorded(tmp_path):
     model = build_architecture("torchvision:resnet18", 2)
     torch.save(model, tmp_path / "pickled.pt")
     (tmp_path / "labels.txt").write_text("a\nb\n")
-    args = ["--input", tmp_path / "pickled.pt", "--architecture", "torchvision:resnet18", "--labels", tmp_path / "labels.txt",
-            "--recipe", '{"crop_size": 32, "resize_size": 36}', "--output", tmp_path / "m.pt"]
+    args = [
+        "--input",
+        tmp_path / "pickled.pt",
+        "--architecture",
+        "torchvision:resnet18",
+        "--labels",
+        tmp_path / "labels.txt",
+        "--recipe",
+        '{"crop_size": 32, "resize_size": 36}',
+        "--output",
+        tmp_path / "m.pt",
+    ]
     refused = script("convert_checkpoint.py", *args)
     assert refused.returncode == 2 and "arbitrary unpickling" in refused.stderr
     allowed = script("convert_checkpoint.py", *args, "--allow-unsafe-pickle")
     assert allowed.returncode == 0, allowed.stderr
     assert read_checkpoint(tmp_path / "m.pt")[1].unsafe_source is True
-    archived = script("build_mar.py", "--checkpoint", tmp_path / "m.pt", "--model-name", "m", "--export-path", tmp_path / "s")
+    archived = script(
+        "build_mar.py", "--checkpoint", tmp_path / "m.pt", "--model-name", "m", "--export-path", tmp_path / "s"
+    )
     assert archived.returncode == 0 and "unsafe_source is recorded" in archived.stdout

@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from handlers.request import decoding as jpeg
-from handlers.request.errors import InputError
-from handlers.request.decoding import decode_image, over_white
-from handlers.request.pixels import image_pixels, recipe_pixels
 from handlers.model.recipe import Recipe
+from handlers.request import decoding as jpeg
+from handlers.request.decoding import decode_image, over_white
+from handlers.request.errors import InputError
+from handlers.request.pixels import image_pixels, recipe_pixels
 from tests.conftest import IMAGES, jpeg_bytes
 
 LIMIT = 50_000_000
@@ -81,10 +81,18 @@ def encoded(img: Image.Image, fmt: str, **save) -> bytes:
 
 
 @pytest.mark.parametrize("path", PHOTOS[:4], ids=lambda p: p.name)
-@pytest.mark.parametrize("fmt, mode, save", [
-    ("PNG", "RGB", {}), ("PNG", "L", {}), ("PNG", "RGB", {"optimize": True}),
-    ("WEBP", "RGB", {"quality": 80}), ("WEBP", "RGB", {"lossless": True}), ("WEBP", "L", {}),
-], ids=lambda v: str(v) if not isinstance(v, dict) else ",".join(v) or "-")
+@pytest.mark.parametrize(
+    "fmt, mode, save",
+    [
+        ("PNG", "RGB", {}),
+        ("PNG", "L", {}),
+        ("PNG", "RGB", {"optimize": True}),
+        ("WEBP", "RGB", {"quality": 80}),
+        ("WEBP", "RGB", {"lossless": True}),
+        ("WEBP", "L", {}),
+    ],
+    ids=lambda v: str(v) if not isinstance(v, dict) else ",".join(v) or "-",
+)
 def test_plain_png_and_webp_go_to_torchcodec_with_pillows_pixels(path, fmt, mode, save, torchcodec_calls):
     data = encoded(Image.open(path).convert(mode), fmt, **save)
     assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
@@ -132,34 +140,42 @@ def _png_with_late_exif(orientation: int) -> bytes:
     return data[:-12] + chunk + data[-12:]  # before IEND
 
 
-@pytest.mark.parametrize("name, data", [
-    ("CMYK JPEG", lambda: jpeg_bytes(_cat("CMYK"))),
-    ("palette PNG", lambda: encoded(_cat("P"), "PNG")),
-    ("RGB PNG with tRNS", lambda: encoded(_cat(), "PNG", transparency=(0, 0, 0))),
-    ("16-bit RGB PNG", lambda: _png16(3)),
-    ("16-bit RGBA PNG", lambda: _png16(4)),
-    ("16-bit PNG", lambda: encoded(Image.fromarray(np.asarray(_cat("L"), np.uint16) * 257), "PNG")),
-    ("PNG with EXIF orientation", lambda: encoded(_cat(), "PNG", exif=_exif(6))),
-    ("PNG with EXIF after the pixels", lambda: _png_with_late_exif(6)),
-    ("animated PNG", _apng),
-    ("WebP with EXIF orientation", lambda: encoded(_cat(), "WEBP", exif=_exif(6))),
-    ("animated WebP", _animated_webp),
-    ("GIF", lambda: encoded(_cat(), "GIF")),
-    ("TIFF", lambda: encoded(_cat(), "TIFF")),
-    ("BMP", lambda: encoded(_cat(), "BMP")),
-], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("CMYK JPEG", lambda: jpeg_bytes(_cat("CMYK"))),
+        ("palette PNG", lambda: encoded(_cat("P"), "PNG")),
+        ("RGB PNG with tRNS", lambda: encoded(_cat(), "PNG", transparency=(0, 0, 0))),
+        ("16-bit RGB PNG", lambda: _png16(3)),
+        ("16-bit RGBA PNG", lambda: _png16(4)),
+        ("16-bit PNG", lambda: encoded(Image.fromarray(np.asarray(_cat("L"), np.uint16) * 257), "PNG")),
+        ("PNG with EXIF orientation", lambda: encoded(_cat(), "PNG", exif=_exif(6))),
+        ("PNG with EXIF after the pixels", lambda: _png_with_late_exif(6)),
+        ("animated PNG", _apng),
+        ("WebP with EXIF orientation", lambda: encoded(_cat(), "WEBP", exif=_exif(6))),
+        ("animated WebP", _animated_webp),
+        ("GIF", lambda: encoded(_cat(), "GIF")),
+        ("TIFF", lambda: encoded(_cat(), "TIFF")),
+        ("BMP", lambda: encoded(_cat(), "BMP")),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_what_torchcodec_would_not_match_stays_on_pillow(name, data, torchcodec_calls):
     data = data()
     assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
     assert torchcodec_calls == []
 
 
-@pytest.mark.parametrize("name, data", [
-    ("RGBA PNG", lambda: encoded(_cat("RGBA"), "PNG")),
-    ("gray+alpha PNG", lambda: encoded(_cat("RGBA").convert("LA"), "PNG")),
-    ("RGBA WebP", lambda: encoded(_cat("RGBA"), "WEBP")),
-    ("lossless RGBA WebP", lambda: encoded(_cat("RGBA"), "WEBP", lossless=True)),
-], ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("RGBA PNG", lambda: encoded(_cat("RGBA"), "PNG")),
+        ("gray+alpha PNG", lambda: encoded(_cat("RGBA").convert("LA"), "PNG")),
+        ("RGBA WebP", lambda: encoded(_cat("RGBA"), "WEBP")),
+        ("lossless RGBA WebP", lambda: encoded(_cat("RGBA"), "WEBP", lossless=True)),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_alpha_png_and_webp_are_composited_over_white_as_pillow_does(name, data, torchcodec_calls):
     data = data()
     assert Image.open(io.BytesIO(data)).mode in ("RGBA", "LA")
@@ -233,7 +249,7 @@ def test_switched_off_pillow_decodes_everything(torchcodec_calls):
 def _damaged(data: bytes, seed: int) -> list[bytes]:
     """Truncations at 5% steps and just short of the end, and copies with 1-4 random bytes changed."""
     rng = np.random.default_rng(seed)
-    out = [data[:len(data) * k // 20] for k in range(1, 20)] + [data[:-1], data[:-12]]
+    out = [data[: len(data) * k // 20] for k in range(1, 20)] + [data[:-1], data[:-12]]
     for _ in range(40):
         d = bytearray(data)
         for i in rng.integers(0, len(d), rng.integers(1, 5)):
@@ -242,8 +258,10 @@ def _damaged(data: bytes, seed: int) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("fmt, mode, save", [("PNG", "RGB", {}), ("PNG", "RGBA", {}), ("WEBP", "RGB", {"quality": 80}),
-                                             ("WEBP", "RGBA", {"lossless": True})])
+@pytest.mark.parametrize(
+    "fmt, mode, save",
+    [("PNG", "RGB", {}), ("PNG", "RGBA", {}), ("WEBP", "RGB", {"quality": 80}), ("WEBP", "RGBA", {"lossless": True})],
+)
 def test_damaged_png_and_webp_get_the_same_answer_with_or_without_torchcodec(fmt, mode, save):
     def outcome(data, torchcodec):
         try:
@@ -256,5 +274,7 @@ def test_damaged_png_and_webp_get_the_same_answer_with_or_without_torchcodec(fmt
         if isinstance(ours, torch.Tensor) and isinstance(pillows, torch.Tensor):
             assert torch.equal(ours, pillows), f"variant {i}: other pixels"
         else:
-            assert ours == pillows, f"variant {i}: {ours if isinstance(ours, tuple) else 'pixels'} against Pillow's " \
-                                    f"{pillows if isinstance(pillows, tuple) else 'pixels'}"
+            assert ours == pillows, (
+                f"variant {i}: {ours if isinstance(ours, tuple) else 'pixels'} against Pillow's "
+                f"{pillows if isinstance(pillows, tuple) else 'pixels'}"
+            )

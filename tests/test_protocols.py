@@ -25,7 +25,9 @@ LIMITS = Limits(max_bytes=1 << 20, max_images=4, max_pixels=10_000_000)
 
 def triton_request(images: list[bytes], binary: bool, outputs=None, request_id="r1") -> tuple[bytes, dict]:
     tensor = triton_input(images, binary)
-    body, json_size = triton.InferenceServerClient.generate_request_body([tensor], outputs=outputs, request_id=request_id)
+    body, json_size = triton.InferenceServerClient.generate_request_body(
+        [tensor], outputs=outputs, request_id=request_id
+    )
     return body, ({} if json_size is None else {"Inference-Header-Content-Length": str(json_size)})
 
 
@@ -52,13 +54,17 @@ def test_tritonclient_request_gets_one_row_per_image(handler, photos, binary):
     meta = result.get_response()
     assert (meta["id"], meta["model_name"], meta["model_version"]) == ("r1", "test", "2.5")
     # naming no outputs, tritonclient asks for binary_data_output in either mode
-    assert json.loads(body[:int(headers.get("Inference-Header-Content-Length", len(body)))])["parameters"] == {
-        "binary_data_output": True}
+    assert json.loads(body[: int(headers.get("Inference-Header-Content-Length", len(body)))])["parameters"] == {
+        "binary_data_output": True
+    }
     assert int(answer.headers["Inference-Header-Content-Length"]) < len(answer.body)
 
 
 def test_requested_outputs_in_json_with_topk(handler, photos):
-    outputs = [triton.InferRequestedOutput("label", binary_data=False), triton.InferRequestedOutput("index", binary_data=True)]
+    outputs = [
+        triton.InferRequestedOutput("label", binary_data=False),
+        triton.InferRequestedOutput("index", binary_data=True),
+    ]
     tensor = triton.InferInput("image", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([b64(photos["bus.jpg"])], dtype=object), binary_data=False)
     body, size = triton.InferenceServerClient.generate_request_body([tensor], outputs=outputs, parameters={"topk": 2})
@@ -71,7 +77,9 @@ def test_requested_outputs_in_json_with_topk(handler, photos):
 
 
 def test_kserve_v2_request_and_response_types(handler, photos):
-    request = InferRequest("test", [InferInput("image", [2], "BYTES", [b64(photos[n]) for n in NAMES[:2]])], request_id="k9")
+    request = InferRequest(
+        "test", [InferInput("image", [2], "BYTES", [b64(photos[n]) for n in NAMES[:2]])], request_id="k9"
+    )
     body, json_size = request.to_rest()
     assert json_size is None
     (answer,) = run_batch(handler, [{"body": body}])
@@ -82,9 +90,15 @@ def test_kserve_v2_request_and_response_types(handler, photos):
     assert_labels([v.decode() if isinstance(v, bytes) else v for v in labels[:, 0]], NAMES[:2])
 
 
-@pytest.mark.parametrize("instance", [
-    lambda d: b64(d), lambda d: {"b64": b64(d)}, lambda d: {"data": b64(d)}, lambda d: {"image_bytes": {"b64": b64(d)}},
-])
+@pytest.mark.parametrize(
+    "instance",
+    [
+        lambda d: b64(d),
+        lambda d: {"b64": b64(d)},
+        lambda d: {"data": b64(d)},
+        lambda d: {"image_bytes": {"b64": b64(d)}},
+    ],
+)
 def test_kserve_v1_instances(handler, photos, instance):
     (answer,) = run_batch(handler, [{"body": {"instances": [instance(photos[n]) for n in NAMES]}}])
     predictions = json.loads(answer.body)["predictions"]
@@ -144,25 +158,38 @@ def _oip(tensor: dict, **extra) -> dict:
     return {"body": {"inputs": [{"name": "image", **tensor}], **extra}}
 
 
-@pytest.mark.parametrize("item, headers, code, type_", [
-    (_oip({"shape": [1], "datatype": "FP32", "data": [1.0]}), {}, 400, "unsupported_datatype"),
-    (_oip({"shape": [2], "datatype": "BYTES", "data": ["aGVsbG8="]}), {}, 400, "bad_shape"),
-    (_oip({"shape": [5], "datatype": "BYTES", "data": ["aGVsbG8="] * 5}), {}, 413, "too_many_images"),
-    (_oip({"shape": [1], "datatype": "BYTES"}), {}, 400, "missing_data"),
-    (_oip({"shape": "1", "datatype": "BYTES", "data": ["x"]}), {}, 400, "bad_shape"),
-    (_oip({"shape": [1], "datatype": "BYTES", "data": [7]}), {}, 400, "bad_data"),
-    (_oip({"shape": [1], "datatype": "BYTES", "data": ["aGVsbG8="]}, outputs=[{"name": "logits"}]), {}, 400, "unknown_output"),
-    (_oip({"shape": [1, 2, 2, 3], "datatype": "UINT8", "data": [300] * 12}), {}, 400, "bad_data"),
-    (_oip({"shape": [1, 4000, 4000, 3], "datatype": "UINT8", "data": []}), {}, 413, "too_many_pixels"),
-    ({"body": {"inputs": []}}, {}, 400, "bad_oip_request"),
-    ({"body": {"inputs": [{"name": "a"}, {"name": "b"}]}}, {}, 400, "bad_oip_request"),
-    ({"body": BINARY_HEAD + b"abc"}, {"inference-header-content-length": str(len(BINARY_HEAD))}, 400, "bad_binary_data"),
-    ({"body": b'{"inputs": []}\x00\x01'}, {"inference-header-content-length": "x"}, 400, "bad_binary_header"),
-    ({"body": b'{"inputs": []'}, {"inference-header-content-length": "13"}, 400, "bad_json"),
-    ({"body": {"instances": []}}, {}, 400, "bad_instances"),
-    ({"body": {"instances": [{"jpeg": "x"}]}}, {}, 400, "bad_instances"),
-    ({"body": {"instances": ["aGVsbG8="] * 5}}, {}, 413, "too_many_images"),
-])
+@pytest.mark.parametrize(
+    "item, headers, code, type_",
+    [
+        (_oip({"shape": [1], "datatype": "FP32", "data": [1.0]}), {}, 400, "unsupported_datatype"),
+        (_oip({"shape": [2], "datatype": "BYTES", "data": ["aGVsbG8="]}), {}, 400, "bad_shape"),
+        (_oip({"shape": [5], "datatype": "BYTES", "data": ["aGVsbG8="] * 5}), {}, 413, "too_many_images"),
+        (_oip({"shape": [1], "datatype": "BYTES"}), {}, 400, "missing_data"),
+        (_oip({"shape": "1", "datatype": "BYTES", "data": ["x"]}), {}, 400, "bad_shape"),
+        (_oip({"shape": [1], "datatype": "BYTES", "data": [7]}), {}, 400, "bad_data"),
+        (
+            _oip({"shape": [1], "datatype": "BYTES", "data": ["aGVsbG8="]}, outputs=[{"name": "logits"}]),
+            {},
+            400,
+            "unknown_output",
+        ),
+        (_oip({"shape": [1, 2, 2, 3], "datatype": "UINT8", "data": [300] * 12}), {}, 400, "bad_data"),
+        (_oip({"shape": [1, 4000, 4000, 3], "datatype": "UINT8", "data": []}), {}, 413, "too_many_pixels"),
+        ({"body": {"inputs": []}}, {}, 400, "bad_oip_request"),
+        ({"body": {"inputs": [{"name": "a"}, {"name": "b"}]}}, {}, 400, "bad_oip_request"),
+        (
+            {"body": BINARY_HEAD + b"abc"},
+            {"inference-header-content-length": str(len(BINARY_HEAD))},
+            400,
+            "bad_binary_data",
+        ),
+        ({"body": b'{"inputs": []}\x00\x01'}, {"inference-header-content-length": "x"}, 400, "bad_binary_header"),
+        ({"body": b'{"inputs": []'}, {"inference-header-content-length": "13"}, 400, "bad_json"),
+        ({"body": {"instances": []}}, {}, 400, "bad_instances"),
+        ({"body": {"instances": [{"jpeg": "x"}]}}, {}, 400, "bad_instances"),
+        ({"body": {"instances": ["aGVsbG8="] * 5}}, {}, 413, "too_many_images"),
+    ],
+)
 def test_malformed_requests_are_typed_refusals(item, headers, code, type_):
     with pytest.raises(RequestError) as refused:
         read_request(item, headers.get, LIMITS)

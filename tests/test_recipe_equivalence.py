@@ -23,10 +23,15 @@ from modeltools.convert import recipe_for
 from tests.conftest import IMAGES, labelled_photos
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-TIMM_MATRIX = [*itertools.product(("center", "squash", "border"), (0.875, 0.95, 1.0), ("bilinear", "bicubic"), (224,)),
-               ("center", 0.875, "bicubic", 288), ("squash", 1.0, "bicubic", 384), ("border", 0.95, "bilinear", 384),
-               ("center", 0.9, "bicubic", (288, 224)), ("squash", 0.95, "bilinear", (256, 320)),
-               ("border", 0.95, "bicubic", (256, 320))]
+TIMM_MATRIX = [
+    *itertools.product(("center", "squash", "border"), (0.875, 0.95, 1.0), ("bilinear", "bicubic"), (224,)),
+    ("center", 0.875, "bicubic", 288),
+    ("squash", 1.0, "bicubic", 384),
+    ("border", 0.95, "bilinear", 384),
+    ("center", 0.9, "bicubic", (288, 224)),
+    ("squash", 0.95, "bilinear", (256, 320)),
+    ("border", 0.95, "bicubic", (256, 320)),
+]
 
 
 def _jpeg(img: Image.Image) -> bytes:
@@ -68,17 +73,28 @@ def _compare(reference: torch.Tensor, data: bytes, recipe: Recipe, label: str):
 @pytest.mark.parametrize("mode, pct, interpolation, size", TIMM_MATRIX, ids=lambda v: str(v))
 def test_served_tensor_matches_timms_eval_transform(shapes, mode, pct, interpolation, size):
     hw = (size, size) if isinstance(size, int) else size
-    recipe = Recipe.from_timm_config({"input_size": (3, *hw), "crop_pct": pct, "crop_mode": mode,
-                                      "interpolation": interpolation, "mean": MEAN, "std": STD})
+    recipe = Recipe.from_timm_config(
+        {
+            "input_size": (3, *hw),
+            "crop_pct": pct,
+            "crop_mode": mode,
+            "interpolation": interpolation,
+            "mean": MEAN,
+            "std": STD,
+        }
+    )
     assert recipe.crop_mode == mode and recipe.crop_hw == hw
-    transform = transforms_imagenet_eval(img_size=size, crop_pct=pct, crop_mode=mode, interpolation=interpolation,
-                                         mean=MEAN, std=STD)
+    transform = transforms_imagenet_eval(
+        img_size=size, crop_pct=pct, crop_mode=mode, interpolation=interpolation, mean=MEAN, std=STD
+    )
     for name, data in shapes.items():
         _compare(transform(Image.open(io.BytesIO(data)).convert("RGB")), data, recipe, f"{mode} {pct} {size} {name}")
 
 
-@pytest.mark.parametrize("arch, weights", [("resnet50", "IMAGENET1K_V2"), ("efficientnet_b0", "IMAGENET1K_V1"),
-                                           ("vit_b_16", "IMAGENET1K_SWAG_E2E_V1")])
+@pytest.mark.parametrize(
+    "arch, weights",
+    [("resnet50", "IMAGENET1K_V2"), ("efficientnet_b0", "IMAGENET1K_V1"), ("vit_b_16", "IMAGENET1K_SWAG_E2E_V1")],
+)
 def test_served_tensor_matches_torchvision_weights_transforms(shapes, arch, weights):
     recipe = recipe_for(f"torchvision:{arch}.{weights}", None)
     transform = torchvision.models.get_model_weights(arch)[weights].transforms()
@@ -108,8 +124,14 @@ def test_default_model_under_each_crop_mode_answers_like_timms_pipeline(default_
     base = info.recipe.to_dict()
     recipe = Recipe.from_dict({**base, "crop_mode": mode})
     pct = info.recipe.crop_size / info.recipe.resize_size
-    transform = transforms_imagenet_eval(img_size=recipe.crop_size, crop_pct=pct, crop_mode=mode,
-                                         interpolation=recipe.interpolation, mean=recipe.mean, std=recipe.std)
+    transform = transforms_imagenet_eval(
+        img_size=recipe.crop_size,
+        crop_pct=pct,
+        crop_mode=mode,
+        interpolation=recipe.interpolation,
+        mean=recipe.mean,
+        std=recipe.std,
+    )
     names = [n for n, labels in labelled_photos().items() if labels]
     reference = torch.stack([transform(Image.open(IMAGES / n).convert("RGB")) for n in names])
     with torch.inference_mode():
@@ -117,8 +139,12 @@ def test_default_model_under_each_crop_mode_answers_like_timms_pipeline(default_
     top = p_ref.argmax(1, keepdim=True)
     # as served (JPEG draft decoding shifts large photos a little), and fully decoded
     for draft, tolerance in ((True, 0.08), (False, 0.02)):
-        served = torch.stack([normalize(image_pixels((IMAGES / n).read_bytes(), 10**9, recipe, draft=draft)[None],
-                                        recipe)[0] for n in names])
+        served = torch.stack(
+            [
+                normalize(image_pixels((IMAGES / n).read_bytes(), 10**9, recipe, draft=draft)[None], recipe)[0]
+                for n in names
+            ]
+        )
         with torch.inference_mode():
             p_served = model(served).softmax(1)
         assert torch.equal(p_served.argmax(1), p_ref.argmax(1)), (mode, draft)

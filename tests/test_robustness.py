@@ -11,11 +11,9 @@ from tests.handler_harness import run_batch
 ROBUST_PHOTOS = ["dog1.jpg", "croco.jpg", "dog2.jpg"]  # confident photos: encodings must not flip them
 
 
-
 @pytest.fixture(scope="module")
 def corpus(photos):
     return bad_cases(photos["dog1.jpg"])
-
 
 
 def test_each_bad_input_gets_its_typed_4xx_between_two_good_ones(handler, corpus, photos):

@@ -14,7 +14,8 @@ def test_defaults_and_shipped_model_config_agree_on_types():
 
 def test_max_body_matches_torchserve_max_request_size():
     props = dict(
-        line.split("=", 1) for line in (ROOT / "config.properties").read_text().splitlines()
+        line.split("=", 1)
+        for line in (ROOT / "config.properties").read_text().splitlines()
         if "=" in line and not line.startswith("#")
     )
     shipped = Settings.from_model_yaml(yaml.safe_load((ROOT / "model-config.yaml").read_text()))
@@ -36,10 +37,23 @@ def test_disable_turns_off_named_optimisations_only():
     assert not s.enabled("jpeg_draft") and s.enabled("torchcodec")
 
 
-@pytest.mark.parametrize("section", [{"topk": 0}, {"quantize_int8": "yes"}, {"precision": "float8"}, {"nope": 1},
-                                     {"graph": "jit"}, {"diagnostics": {"disable": ["speed"]}},
-                                     {"disable": ["cpu_streams"]}, {"diagnostics": ["x"]}, {"cpu_threads": -1},
-                                     {"max_topk": "many"}, {"device_decode": 1}, {"trust_program": "yes"}])
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"topk": 0},
+        {"quantize_int8": "yes"},
+        {"precision": "float8"},
+        {"nope": 1},
+        {"graph": "jit"},
+        {"diagnostics": {"disable": ["speed"]}},
+        {"disable": ["cpu_streams"]},
+        {"diagnostics": ["x"]},
+        {"cpu_threads": -1},
+        {"max_topk": "many"},
+        {"device_decode": 1},
+        {"trust_program": "yes"},
+    ],
+)
 def test_bad_settings_are_refused(section):
     with pytest.raises(ValueError):
         Settings.from_model_yaml({"handler": section})

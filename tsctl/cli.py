@@ -17,8 +17,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="tsctl", description=__doc__)
     parser.add_argument("--inference-url", default="http://127.0.0.1:8080")
     parser.add_argument("--management-url", default="http://127.0.0.1:8081")
-    parser.add_argument("--key-file", default="key_file.json", type=Path,
-                        help="the key_file.json TorchServe wrote where it started (default: ./key_file.json)")
+    parser.add_argument(
+        "--key-file",
+        default="key_file.json",
+        type=Path,
+        help="the key_file.json TorchServe wrote where it started (default: ./key_file.json)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("wait", help="wait until MODEL has a ready worker")
     p.add_argument("model")
@@ -52,8 +56,12 @@ def main(argv=None) -> int:
     p = sub.add_parser("rollout", help="register NEW.mar beside the default, gate it on a golden set, promote, watch")
     p.add_argument("model")
     p.add_argument("mar", type=Path)
-    p.add_argument("--golden", type=Path, required=True,
-                   help="folder of golden images, run through both versions (e.g. a sample of real traffic)")
+    p.add_argument(
+        "--golden",
+        type=Path,
+        required=True,
+        help="folder of golden images, run through both versions (e.g. a sample of real traffic)",
+    )
     p.add_argument("--model-store", type=Path, default=Path("model_store"), help="the server's model store")
     p.add_argument("--workers", type=int, default=1, help="workers for the new version")
     p.add_argument("--min-agreement", type=float, default=0.95, help="share of golden top-1s the new version must keep")
@@ -63,8 +71,9 @@ def main(argv=None) -> int:
     p.add_argument("--watch", type=float, default=60.0, help="seconds to watch the error rate after promotion")
     p.add_argument("--max-error-rate", type=float, default=0.05, help="error rate that triggers an automatic rollback")
     p.add_argument("--grace", type=float, default=30.0, help="seconds before the old version is unregistered")
-    p.add_argument("--recover", type=float, default=60.0,
-                   help="seconds a restore keeps retrying when TorchServe does not answer")
+    p.add_argument(
+        "--recover", type=float, default=60.0, help="seconds a restore keeps retrying when TorchServe does not answer"
+    )
     p = sub.add_parser("rollback", help="make the previous default the default again")
     p.add_argument("model")
     p.add_argument("--workers", type=int, default=1)
@@ -139,8 +148,18 @@ def _state(client: Client, model: str) -> State:
 
 def _rollout(client: Client, args) -> int:
     gate = Gate(args.min_agreement, args.max_errors, args.max_p99_ratio, args.p99_slack_ms)
-    plan = Plan(args.model, args.mar, args.golden, args.model_store, gate, args.workers, args.watch,
-                args.max_error_rate, args.grace, args.recover)
+    plan = Plan(
+        args.model,
+        args.mar,
+        args.golden,
+        args.model_store,
+        gate,
+        args.workers,
+        args.watch,
+        args.max_error_rate,
+        args.grace,
+        args.recover,
+    )
     return rollout(client, plan, _state(client, args.model))
 
 
@@ -148,9 +167,18 @@ def _rollback(client: Client, args) -> int:
     return rollback(client, args.model, _state(client, args.model), args.workers)
 
 
-COMMANDS = {"wait": _wait, "predict": _predict, "models": _models, "describe": _describe, "register": _register,
-            "scale": _scale, "set-default": _set_default, "unregister": _unregister, "rollout": _rollout,
-            "rollback": _rollback}
+COMMANDS = {
+    "wait": _wait,
+    "predict": _predict,
+    "models": _models,
+    "describe": _describe,
+    "register": _register,
+    "scale": _scale,
+    "set-default": _set_default,
+    "unregister": _unregister,
+    "rollout": _rollout,
+    "rollback": _rollback,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

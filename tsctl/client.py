@@ -30,8 +30,9 @@ class Client:
         try:
             return read_keys(self.key_file)
         except FileNotFoundError:  # TorchServe removes it when it stops: as good as no answer
-            raise requests.ConnectionError(f"{self.key_file} does not exist: is TorchServe running "
-                                           "(it writes the file where it starts)?") from None
+            raise requests.ConnectionError(
+                f"{self.key_file} does not exist: is TorchServe running (it writes the file where it starts)?"
+            ) from None
 
     def _call(self, method: str, url: str, kind: str, **kwargs) -> requests.Response:
         timeout = kwargs.pop("timeout", 120)
@@ -48,8 +49,9 @@ class Client:
 
     def refresh_key(self, kind: str) -> None:
         """Have TorchServe issue a new inference or management key (it rewrites key_file.json)."""
-        resp = self.session.get(f"{self.management_url}/token", params={"type": kind},
-                                headers=bearer(self._keys().api), timeout=30)
+        resp = self.session.get(
+            f"{self.management_url}/token", params={"type": kind}, headers=bearer(self._keys().api), timeout=30
+        )
         if resp.status_code >= 400:
             raise ApiError(f"refreshing the {kind} key -> {resp.status_code}: {_reason(resp)}", resp.status_code)
 

@@ -42,12 +42,22 @@ def generate_stubs(out: Path | None = None) -> Path:
             target.write_bytes(jar.read(name))
     well_known = Path(protoc.__file__).parent / "_proto"
     for proto in PROTOS:
-        code = protoc.main(["protoc", f"-I{protos}", f"-I{well_known}", f"--python_out={out}",
-                            f"--grpc_python_out={out}", str(protos / proto)])
+        code = protoc.main(
+            [
+                "protoc",
+                f"-I{protos}",
+                f"-I{well_known}",
+                f"--python_out={out}",
+                f"--grpc_python_out={out}",
+                str(protos / proto),
+            ]
+        )
         if code != 0:
             raise RuntimeError(f"protoc failed on {proto} ({code})")
     # google/rpc/status.proto is imported by inference.proto
-    protoc.main(["protoc", f"-I{protos}", f"-I{well_known}", f"--python_out={out}", str(protos / "google/rpc/status.proto")])
+    protoc.main(
+        ["protoc", f"-I{protos}", f"-I{well_known}", f"--python_out={out}", str(protos / "google/rpc/status.proto")]
+    )
     return out
 
 
@@ -55,8 +65,12 @@ def _modules():
     path = str(generate_stubs())
     if path not in sys.path:
         sys.path.insert(0, path)
-    return (importlib.import_module("inference_pb2"), importlib.import_module("inference_pb2_grpc"),
-            importlib.import_module("management_pb2"), importlib.import_module("management_pb2_grpc"))
+    return (
+        importlib.import_module("inference_pb2"),
+        importlib.import_module("inference_pb2_grpc"),
+        importlib.import_module("management_pb2"),
+        importlib.import_module("management_pb2_grpc"),
+    )
 
 
 def _raise_for_error_body(prediction: bytes) -> None:
@@ -67,7 +81,9 @@ def _raise_for_error_body(prediction: bytes) -> None:
     except ValueError:
         return
     if isinstance(body, dict) and isinstance(body.get("code"), int) and body["code"] >= 400 and "type" in body:
-        raise RuntimeError(f"gRPC Predictions -> {body['code']} {body['type']}: {body.get('message', body.get('error'))}")
+        raise RuntimeError(
+            f"gRPC Predictions -> {body['code']} {body['type']}: {body.get('message', body.get('error'))}"
+        )
 
 
 class GrpcClient:
@@ -83,10 +99,15 @@ class GrpcClient:
         """Raw prediction bytes (the handler's JSON); raises RuntimeError with the server's reason."""
         with self.grpc.insecure_channel(self.inference_target) as channel:
             stub = self.inf_grpc.InferenceAPIsServiceStub(channel)
-            request = self.inf_pb2.PredictionsRequest(model_name=model, model_version=version or "", input={"data": image})
+            request = self.inf_pb2.PredictionsRequest(
+                model_name=model, model_version=version or "", input={"data": image}
+            )
             try:
-                reply = stub.Predictions(request, timeout=timeout,
-                                         metadata=[("authorization", f"Bearer {read_keys(self.key_file).inference}")])
+                reply = stub.Predictions(
+                    request,
+                    timeout=timeout,
+                    metadata=[("authorization", f"Bearer {read_keys(self.key_file).inference}")],
+                )
             except self.grpc.RpcError as err:
                 raise RuntimeError(f"gRPC Predictions -> {err.code().name}: {err.details()}") from None
         _raise_for_error_body(reply.prediction)
@@ -96,8 +117,11 @@ class GrpcClient:
         with self.grpc.insecure_channel(self.management_target) as channel:
             stub = self.mgmt_grpc.ManagementAPIsServiceStub(channel)
             try:
-                reply = stub.DescribeModel(self.mgmt_pb2.DescribeModelRequest(model_name=model), timeout=timeout,
-                                           metadata=[("authorization", f"Bearer {read_keys(self.key_file).management}")])
+                reply = stub.DescribeModel(
+                    self.mgmt_pb2.DescribeModelRequest(model_name=model),
+                    timeout=timeout,
+                    metadata=[("authorization", f"Bearer {read_keys(self.key_file).management}")],
+                )
             except self.grpc.RpcError as err:
                 raise RuntimeError(f"gRPC DescribeModel -> {err.code().name}: {err.details()}") from None
         return reply.msg

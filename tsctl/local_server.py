@@ -35,10 +35,12 @@ def bare_python(root: Path) -> Path:
     """
     if not (root / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
-        purelib = Path(subprocess.check_output(
-            [str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            text=True,
-        ).strip())
+        purelib = Path(
+            subprocess.check_output(
+                [str(root / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                text=True,
+            ).strip()
+        )
         (purelib / "project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return root / "bin" / "python"
 
@@ -46,8 +48,15 @@ def bare_python(root: Path) -> Path:
 class TorchServe:
     """Start/stop one TorchServe with token auth on; `client` talks to it with the keys."""
 
-    def __init__(self, workdir: Path, model_store: Path, models: str, python: Path = Path(sys.executable),
-                 extra_config: dict | None = None, log_config: Path | None = LOG_CONFIG):
+    def __init__(
+        self,
+        workdir: Path,
+        model_store: Path,
+        models: str,
+        python: Path = Path(sys.executable),
+        extra_config: dict | None = None,
+        log_config: Path | None = LOG_CONFIG,
+    ):
         self.workdir = Path(workdir)
         self.model_store = Path(model_store)
         self.python = python
@@ -83,14 +92,27 @@ class TorchServe:
     def keys(self):
         return read_keys(self.workdir / "key_file.json")
 
-    def start(self, wait_for: list[str], timeout_s: float = 240) -> "TorchServe":
+    def start(self, wait_for: list[str], timeout_s: float = 240) -> TorchServe:
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "config.properties"
         conf.write_text("".join(f"{k}={v}\n" for k, v in self.config.items()))
         subprocess.run(
-            [str(self.python), "-c", LAUNCH, "--start", "--ncs", "--ts-config", str(conf),
-             "--model-store", str(self.model_store)] + self.log_args,
-            cwd=self.workdir, env=self.env, check=True, stdout=subprocess.DEVNULL,
+            [
+                str(self.python),
+                "-c",
+                LAUNCH,
+                "--start",
+                "--ncs",
+                "--ts-config",
+                str(conf),
+                "--model-store",
+                str(self.model_store),
+            ]
+            + self.log_args,
+            cwd=self.workdir,
+            env=self.env,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         try:
             for model in wait_for:
@@ -107,8 +129,13 @@ class TorchServe:
 
     def stop(self) -> None:
         pid = self._pid()
-        subprocess.run([str(self.python), "-c", LAUNCH, "--stop"], cwd=self.workdir, env=self.env,
-                       stdout=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            [str(self.python), "-c", LAUNCH, "--stop"],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            check=False,
+        )
         if pid:
             try:
                 proc = psutil.Process(pid)

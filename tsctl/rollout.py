@@ -69,8 +69,10 @@ class GoldenRun:
 def golden_files(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"the golden set {folder} is not a folder: name a folder of images your model should "
-                         "classify (a sample of real traffic), e.g. --golden samples/")
+        raise ValueError(
+            f"the golden set {folder} is not a folder: name a folder of images your model should "
+            "classify (a sample of real traffic), e.g. --golden samples/"
+        )
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no images in the golden set folder {folder}")
@@ -107,7 +109,10 @@ def gate_failures(old: GoldenRun, new: GoldenRun, gate: Gate) -> list[str]:
         reasons.append(f"{len(new.errors)} failed golden requests > {gate.max_errors} ({new.errors[:3]})")
     limit = old.p99_ms * gate.max_p99_ratio + gate.p99_slack_ms
     if new.p99_ms > limit:
-        reasons.append(f"p99 {new.p99_ms:.0f} ms > {limit:.0f} ms ({gate.max_p99_ratio}x old {old.p99_ms:.0f} ms + {gate.p99_slack_ms:.0f})")
+        reasons.append(
+            f"p99 {new.p99_ms:.0f} ms > {limit:.0f} ms "
+            f"({gate.max_p99_ratio}x old {old.p99_ms:.0f} ms + {gate.p99_slack_ms:.0f})"
+        )
     return reasons
 
 
@@ -125,8 +130,10 @@ def stage_archive(mar: Path, model: str, version: str, model_store: Path) -> tup
     target = Path(model_store) / name
     if target.exists():
         if _digest(target) != _digest(mar):
-            raise ValueError(f"{target} exists with other content: refusing to overwrite an archive the model store "
-                             f"may serve or roll back to. Give the new archive another --version.")
+            raise ValueError(
+                f"{target} exists with other content: refusing to overwrite an archive the model store "
+                f"may serve or roll back to. Give the new archive another --version."
+            )
         return name, False
     partial = target.with_name(f".{name}.partial")
     shutil.copyfile(mar, partial)
@@ -221,9 +228,11 @@ class Restore:
             try:
                 retrying(action, self.plan.recover_s, what, self.log)
             except FAULTS as exc:
-                todo = ", then ".join(w for w, _ in steps[steps.index((what, action)):])
-                self.log(f"could not {what}: {exc}\n  {self.plan.model} is not in a known state: when TorchServe "
-                         f"answers again, {todo} (tsctl set-default / tsctl unregister).")
+                todo = ", then ".join(w for w, _ in steps[steps.index((what, action)) :])
+                self.log(
+                    f"could not {what}: {exc}\n  {self.plan.model} is not in a known state: when TorchServe "
+                    f"answers again, {todo} (tsctl set-default / tsctl unregister)."
+                )
                 return False
         if self.staged is not None:
             self.staged.unlink(missing_ok=True)  # copied by this rollout, registered by nothing now
@@ -248,8 +257,10 @@ def rollout(client: Client, plan: Plan, state: State, log=print) -> int:
         old_run, new_run = run_golden(client, model, old, files), run_golden(client, model, new, files)
         agree = sum(old_run.top1.get(f) == label for f, label in new_run.top1.items())
         log(f"  v{old}: p99 {old_run.p99_ms:.0f} ms, {len(old_run.errors)} errors")
-        log(f"  v{new}: p99 {new_run.p99_ms:.0f} ms, {len(new_run.errors)} errors, "
-            f"top-1 agrees on {agree}/{len(old_run.top1)}")
+        log(
+            f"  v{new}: p99 {new_run.p99_ms:.0f} ms, {len(new_run.errors)} errors, "
+            f"top-1 agrees on {agree}/{len(old_run.top1)}"
+        )
         reasons = gate_failures(old_run, new_run, plan.gate)
         if reasons:
             restore.before_promotion()
@@ -258,8 +269,15 @@ def rollout(client: Client, plan: Plan, state: State, log=print) -> int:
         old_url = client.management("GET", f"/models/{model}/{old}").json()[0]["modelUrl"]
         promoted = True
         client.set_default(model, new)
-        state.save(model=model, previous=old, previous_url=old_url, current=new, gate=asdict(plan.gate),
-                   promoted_at=time.time(), rolled_back_from=None)
+        state.save(
+            model=model,
+            previous=old,
+            previous_url=old_url,
+            current=new,
+            gate=asdict(plan.gate),
+            promoted_at=time.time(),
+            rolled_back_from=None,
+        )
         log(f"promoted v{new}; watching the error rate for {plan.watch_s:.0f} s ...")
         why = watch(client, model, files, plan.watch_s, plan.max_error_rate)
     except FAULTS as exc:

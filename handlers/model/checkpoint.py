@@ -37,7 +37,7 @@ def build_architecture(name: str, num_classes: int) -> nn.Module:
     'file:MODULE.py' (TorchServe's eager convention: the one nn.Module class that file defines,
     importable from the model directory), untrained."""
     if name.startswith("file:"):
-        return _from_model_file(name[len("file:"):], num_classes)
+        return _from_model_file(name[len("file:") :], num_classes)
     source, _, arch = name.rpartition(":")
     if source in ("", "timm"):
         import timm
@@ -60,29 +60,37 @@ def _from_model_file(file_name: str, num_classes: int) -> nn.Module:
     import inspect
 
     module = importlib.import_module(Path(file_name).stem)
-    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
-               if issubclass(c, nn.Module) and c.__module__ == module.__name__]
+    classes = [
+        c
+        for _, c in inspect.getmembers(module, inspect.isclass)
+        if issubclass(c, nn.Module) and c.__module__ == module.__name__
+    ]
     if len(classes) != 1:
-        raise ValueError(f"model file {file_name} must define exactly one nn.Module class, found {[c.__name__ for c in classes]}")
+        raise ValueError(
+            f"model file {file_name} must define exactly one nn.Module class, found {[c.__name__ for c in classes]}"
+        )
     try:
         return classes[0](num_classes=num_classes)
     except TypeError:
         return classes[0]()
 
 
-def load_classifier(path, device: torch.device, channels_last: bool = False,
-                    trust_program: bool = False) -> tuple[nn.Module, ModelInfo]:
+def load_classifier(
+    path, device: torch.device, channels_last: bool = False, trust_program: bool = False
+) -> tuple[nn.Module, ModelInfo]:
     """Checkpoint or program file -> (model in eval mode on `device`, info). ValueError on any
     mismatch, and for a program (TorchScript, torch.export) unless `trust_program`: loading one
     runs code from the file."""
     kind = detect_format(path)
     if kind != "checkpoint":
         if not trust_program:
+            loader = "torch.jit.load" if kind == "torchscript" else "torch.export.load, which unpickles it"
             raise ValueError(
-                f"{path} is a {PROGRAM_FORMATS[kind]} program: loading it runs code from the file "
-                f"({'torch.jit.load' if kind == 'torchscript' else 'torch.export.load, which unpickles with weights_only=False'})"
-                ", unlike a checkpoint's weights_only load. Archive the checkpoint it was exported from, or pass "
-                "--trust-program to build_mar.py if you trust where the file comes from (health then shows unsafe_source).")
+                f"{path} is a {PROGRAM_FORMATS[kind]} program: loading it runs code from the file ({loader}), "
+                "unlike a checkpoint's weights_only load. Archive the checkpoint it was exported from, or pass "
+                "--trust-program to build_mar.py if you trust where the file comes from (health then shows "
+                "unsafe_source)."
+            )
         return load_program(path, kind, device, channels_last)
     state_dict, info = read_checkpoint(path)
     model = build_architecture(info.architecture, num_classes=len(info.labels))

@@ -77,8 +77,14 @@ class Run:
 class Engine:
     """Prepare at construction; `run(uint8 [N, 3, crop, crop])` -> Run; `describe()` for health."""
 
-    def __init__(self, model: nn.Module, recipe: Recipe, device: torch.device, batch_size: int,
-                 options: EngineOptions = EngineOptions()):
+    def __init__(
+        self,
+        model: nn.Module,
+        recipe: Recipe,
+        device: torch.device,
+        batch_size: int,
+        options: EngineOptions = EngineOptions(),
+    ):
         start = time.perf_counter()
         self.recipe, self.device, self.options = recipe, device, options
         self.batch_size = max(1, batch_size)
@@ -93,8 +99,11 @@ class Engine:
         self.graph = self._build_graph(model)
         stream_count = torch.get_num_threads() if self.cpu and options.cpu_streams else 1
         # their own threads, not the decoders': shared, a stream waits behind a 12 MP decode
-        self.streams = (ThreadPoolExecutor(stream_count, thread_name_prefix="stream",
-                                           initializer=single_threaded_torch) if stream_count > 1 else None)
+        self.streams = (
+            ThreadPoolExecutor(stream_count, thread_name_prefix="stream", initializer=single_threaded_torch)
+            if stream_count > 1
+            else None
+        )
         self.stream_count = stream_count
         self._lock = threading.Lock()
         self.runs = self.images = self.oom_splits = 0
@@ -114,10 +123,17 @@ class Engine:
     def _build_graph(self, model: nn.Module) -> Graph:
         mode = resolve_mode(self.options.graph, self.device, self.autocast is not None)
         sizes = verification_sizes(self.chunk) if mode != "eager" else []
-        inputs = example_inputs(sizes, self.recipe.crop_hw, lambda p: normalize(p, self.recipe),
-                                self.options.channels_last, self.device)
-        graph = build_graph(model, mode, inputs, self._precision, self.autocast is not None,
-                            onednn_fusion=self.options.onednn_fusion and self.cpu)
+        inputs = example_inputs(
+            sizes, self.recipe.crop_hw, lambda p: normalize(p, self.recipe), self.options.channels_last, self.device
+        )
+        graph = build_graph(
+            model,
+            mode,
+            inputs,
+            self._precision,
+            self.autocast is not None,
+            onednn_fusion=self.options.onednn_fusion and self.cpu,
+        )
         logger.info("graph: %s (built in %.0f ms) %s", graph.kind, graph.build_ms, graph.note)
         return graph
 

@@ -44,8 +44,14 @@ def verification_sizes(largest_pass: int) -> list[int]:
     return sorted({1, min(2, largest_pass), max(1, largest_pass // 2), largest_pass})
 
 
-def build_graph(model: nn.Module, mode: str, inputs: list[torch.Tensor], precision=nullcontext,
-                autocast: bool = False, onednn_fusion: bool = False) -> Graph:
+def build_graph(
+    model: nn.Module,
+    mode: str,
+    inputs: list[torch.Tensor],
+    precision=nullcontext,
+    autocast: bool = False,
+    onednn_fusion: bool = False,
+) -> Graph:
     """The module to serve, checked against `model` on `inputs` (normalised examples, one per
     batch size) under `precision()`, the context requests run in."""
     if mode == "eager":
@@ -81,8 +87,11 @@ def freeze(model: nn.Module, inputs: list[torch.Tensor]) -> torch.jit.ScriptModu
     with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # no check_trace: verify() compares the frozen graph with the eager model right after
-        script = (model if isinstance(model, torch.jit.ScriptModule)
-                  else torch.jit.trace(model, inputs[-1], check_trace=False))
+        script = (
+            model
+            if isinstance(model, torch.jit.ScriptModule)
+            else torch.jit.trace(model, inputs[-1], check_trace=False)
+        )
         frozen = torch.jit.freeze(script.eval())
     tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
     if tracer:  # data-dependent Python in forward(): the trace may not generalise
@@ -105,16 +114,24 @@ def check_same(expected, actual, where: str, tolerance: float = TOLERANCE[False]
     scale = expected.float().abs().max().clamp(min=1.0)
     diff = (actual.float() - expected.float()).abs().max()
     if not diff <= tolerance * scale:
-        raise ValueError(f"{where}: largest logit difference {diff.item():.3g} exceeds {tolerance} x {scale.item():.3g}")
+        raise ValueError(
+            f"{where}: largest logit difference {diff.item():.3g} exceeds {tolerance} x {scale.item():.3g}"
+        )
 
 
-def example_inputs(sizes, crop: int | tuple[int, int], normalize, channels_last: bool, device: torch.device) -> list[torch.Tensor]:
+def example_inputs(
+    sizes, crop: int | tuple[int, int], normalize, channels_last: bool, device: torch.device
+) -> list[torch.Tensor]:
     """Random photos-like inputs, normalised as requests are, one per batch size."""
     gen = torch.Generator().manual_seed(0)
     out = []
     with torch.inference_mode():  # as served: compiled graphs are guarded on it
         for n in sizes:
-            x = normalize(torch.randint(0, 256, (n, 3, *((crop, crop) if isinstance(crop, int) else crop)), dtype=torch.uint8, generator=gen).to(device))
+            x = normalize(
+                torch.randint(
+                    0, 256, (n, 3, *((crop, crop) if isinstance(crop, int) else crop)), dtype=torch.uint8, generator=gen
+                ).to(device)
+            )
             out.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
     return out
 

@@ -18,7 +18,7 @@ class ModelInfo:
     unsafe_source: bool = False  # loading it could run code: an arbitrary pickle converted, or a program
 
     @classmethod
-    def from_dict(cls, meta: dict, source, unsafe_source: bool = False) -> "ModelInfo":
+    def from_dict(cls, meta: dict, source, unsafe_source: bool = False) -> ModelInfo:
         """A checkpoint's fields or a program's meta.json -> ModelInfo; ValueError naming `source`
         and what is missing or wrong."""
         if not isinstance(meta, dict):
@@ -35,10 +35,19 @@ class ModelInfo:
             recipe = Recipe.from_dict(meta["recipe"])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{source}: {exc}") from None
-        return cls(str(meta["architecture"]), recipe, tuple(str(x) for x in labels), str(meta["version"]),
-                   unsafe_source or bool(meta.get("unsafe_source", False)))
+        return cls(
+            str(meta["architecture"]),
+            recipe,
+            tuple(str(x) for x in labels),
+            str(meta["version"]),
+            unsafe_source or bool(meta.get("unsafe_source", False)),
+        )
 
     def to_dict(self) -> dict:
         """The metadata as plain types (a program's meta.json)."""
-        return {"architecture": self.architecture, "recipe": self.recipe.to_dict(), "labels": list(self.labels),
-                "version": self.version}
+        return {
+            "architecture": self.architecture,
+            "recipe": self.recipe.to_dict(),
+            "labels": list(self.labels),
+            "version": self.version,
+        }

@@ -81,12 +81,23 @@ def static_conv(conv: nn.Conv2d, input_hw: tuple[int, int]) -> nn.Conv2d | None:
         pads.append((before, after))
     (top, bottom), (left, right) = pads
     kernel = (conv.kernel_size[0] + bottom - top, conv.kernel_size[1] + right - left)
-    static = nn.Conv2d(conv.in_channels, conv.out_channels, kernel, conv.stride, (bottom, right), conv.dilation,
-                       conv.groups, conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+    static = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        kernel,
+        conv.stride,
+        (bottom, right),
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
     layout = torch.channels_last if _channels_last(conv.weight) else torch.contiguous_format
     with torch.no_grad():
-        static.weight = nn.Parameter(F.pad(conv.weight, (right - left, 0, bottom - top, 0))
-                                     .contiguous(memory_format=layout), requires_grad=False)
+        static.weight = nn.Parameter(
+            F.pad(conv.weight, (right - left, 0, bottom - top, 0)).contiguous(memory_format=layout), requires_grad=False
+        )
         if conv.bias is not None:
             static.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
     return static.train(conv.training)
@@ -95,8 +106,11 @@ def static_conv(conv: nn.Conv2d, input_hw: tuple[int, int]) -> nn.Conv2d | None:
 def _input_sizes(model: nn.Module, size) -> dict[str, tuple[nn.Conv2d, tuple[int, int]]]:
     """name -> (module, input (H, W)) of every dynamic-SAME convolution, from one forward pass."""
     found = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: found.__setitem__(name, (m, tuple(args[0].shape[-2:]))))
-             for name, m in model.named_modules() if isinstance(m, SAME_CONVS)]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args, name=name: found.__setitem__(name, (m, tuple(args[0].shape[-2:]))))
+        for name, m in model.named_modules()
+        if isinstance(m, SAME_CONVS)
+    ]
     if not hooks:
         return {}
     try:

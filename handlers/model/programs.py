@@ -34,8 +34,10 @@ def detect_format(path) -> str:
 def _info(text, path) -> ModelInfo:
     """A program's meta.json -> ModelInfo, marked unsafe_source: the program is code."""
     if not text:
-        raise ValueError(f"{path}: the program carries no {META} (architecture, recipe, labels, version); "
-                         "write it with scripts/export_model.py")
+        raise ValueError(
+            f"{path}: the program carries no {META} (architecture, recipe, labels, version); "
+            "write it with scripts/export_model.py"
+        )
     try:
         meta = json.loads(text)
     except ValueError as exc:
@@ -76,5 +78,7 @@ def refuse_training_graph(program, path) -> None:
         if flag is not None and len(node.args) > flag and node.args[flag] is True:
             bad.add(name)
     if bad:
-        raise ValueError(f"{path}: the exported program was traced in training mode ({sorted(bad)[:3]}); "
-                         "export from a model in eval mode")
+        raise ValueError(
+            f"{path}: the exported program was traced in training mode ({sorted(bad)[:3]}); "
+            "export from a model in eval mode"
+        )

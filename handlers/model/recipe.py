@@ -19,8 +19,11 @@ def _hw(size) -> tuple[int, int] | None:
     """An int or [H, W] of positive ints -> (H, W); None for anything else."""
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
-    if isinstance(size, (list, tuple)) and len(size) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+    if (
+        isinstance(size, (list, tuple))
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
         return int(size[0]), int(size[1])
     return None
 
@@ -51,9 +54,7 @@ class Recipe:
         if self.crop_mode not in CROP_MODES:
             raise ValueError(f"recipe crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"recipe interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
-            )
+            raise ValueError(f"recipe interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         for name in ("mean", "std"):
             value = tuple(float(v) for v in getattr(self, name))
             if len(value) != 3 or not all(math.isfinite(v) for v in value):
@@ -82,14 +83,14 @@ class Recipe:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
+    def from_dict(cls, d: dict) -> Recipe:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown recipe keys: {sorted(unknown)}")
         return cls(**d)
 
     @classmethod
-    def from_timm_config(cls, cfg: dict) -> "Recipe":
+    def from_timm_config(cls, cfg: dict) -> Recipe:
         """timm's pretrained config (input_size, crop_pct, crop_mode, interpolation, mean, std)
         as a recipe, with timm's eval arithmetic: resize = floor(crop / crop_pct) per side."""
         h, w = (int(v) for v in cfg["input_size"][-2:])
@@ -105,7 +106,7 @@ class Recipe:
         )
 
     @classmethod
-    def from_torchvision_weights(cls, weights) -> "Recipe":
+    def from_torchvision_weights(cls, weights) -> Recipe:
         """A torchvision weights enum's eval transform (ImageClassification) as a recipe."""
         t = weights.transforms()
         crop, resize = list(t.crop_size), list(t.resize_size)
@@ -118,6 +119,7 @@ class Recipe:
             mean=tuple(t.mean),
             std=tuple(t.std),
         )
+
 
 def normalize(batch: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> float32 (x / 255 - mean) / std, on the batch's device."""

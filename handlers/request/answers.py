@@ -12,9 +12,6 @@ def top_k(logits: torch.Tensor, labels, ks: list[int]) -> list[list[dict]]:
     values, indices = probs.topk(k_max, dim=1)
     values, indices = values.cpu().tolist(), indices.cpu().tolist()
     return [
-        [
-            {"label": labels[i], "index": i, "probability": round(p, 6)}
-            for p, i in zip(row_p[:k], row_i[:k])
-        ]
+        [{"label": labels[i], "index": i, "probability": round(p, 6)} for p, i in zip(row_p[:k], row_i[:k])]
         for row_p, row_i, k in zip(values, indices, ks)
     ]

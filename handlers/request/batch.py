@@ -23,10 +23,12 @@ class Batch:
     logits: torch.Tensor | None = None  # float32 [images, classes]
 
     @classmethod
-    def read(cls, results: list) -> "Batch":
+    def read(cls, results: list) -> Batch:
         """From what reading each request gave: a Request or a RequestError."""
-        return cls([r if isinstance(r, Request) else None for r in results],
-                   [r if isinstance(r, RequestError) else None for r in results])
+        return cls(
+            [r if isinstance(r, Request) else None for r in results],
+            [r if isinstance(r, RequestError) else None for r in results],
+        )
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -47,7 +49,7 @@ class Batch:
         self.spans = [None] * len(self)
         for i in self.pending():
             request = self.requests[i]
-            mine = decoded[at:at + len(request.images)]
+            mine = decoded[at : at + len(request.images)]
             at += len(request.images)
             bad = next((n for n, p in enumerate(mine) if isinstance(p, RequestError)), None)
             if bad is not None:

@@ -53,8 +53,9 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
     return load_rgb(img, max_pixels)
 
 
-def decode_pixels(img: Image.Image, data: bytes, max_pixels: int, tensor: bool = False,
-                  keep_gray: bool = False) -> torch.Tensor | Image.Image:
+def decode_pixels(
+    img: Image.Image, data: bytes, max_pixels: int, tensor: bool = False, keep_gray: bool = False
+) -> torch.Tensor | Image.Image:
     """An opened image's pixels, upright: with `tensor`, a uint8 [C, H, W] tensor (C = 3, or 1 for
     grayscale) decoded by TorchCodec where it takes the image (direct_tensor); otherwise, or where
     it does not, Pillow's RGB image (L for grayscale when `keep_gray`)."""
@@ -145,7 +146,7 @@ def _to_uint8(img: Image.Image) -> np.ndarray:
         lows, highs = zip(*(_finite_range(block) for _, block in _blocks(img)))
         scale = np.float32(255.0) if max(highs) <= 1.0 and min(lows) >= 0.0 else None
     for start, block in _blocks(img):
-        out[start:start + len(block)] = _block_to_uint8(block, scale)
+        out[start : start + len(block)] = _block_to_uint8(block, scale)
     return out
 
 
@@ -186,8 +187,12 @@ def _finite_range(block: np.ndarray) -> tuple[float, float]:
 
 
 _IMAGE_MAGIC = (
-    (b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+    (b"\x89PNG", "PNG"),
+    (b"\xff\xd8", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
 )
 
 
@@ -207,12 +212,13 @@ def _not_an_image(data: bytes):
             if is_format:
                 return unsupported(
                     "unsupported_format",
-                    f"The body is a {name} file, which this model does not accept. "
-                    f"Send one of: {', '.join(FORMATS)}.",
+                    f"The body is a {name} file, which this model does not accept. Send one of: {', '.join(FORMATS)}.",
                 )
             return bad_request("not_an_image", f"The body looks like {name}, not an image.")
     if head.startswith((b"{", b"[")):
-        return bad_request("not_an_image", "The body looks like JSON, not an image; see the README for the JSON fields.")
+        return bad_request(
+            "not_an_image", "The body looks like JSON, not an image; see the README for the JSON fields."
+        )
     try:
         text = data[:200].decode("utf-8")
         is_text = all(c.isprintable() or c.isspace() for c in text)
@@ -221,8 +227,7 @@ def _not_an_image(data: bytes):
     kind = f"text ({text[:40]!r})" if is_text else f"{len(data)} bytes of binary data starting {data[:8].hex()}"
     return bad_request(
         "not_an_image",
-        f"The body is not an image: it looks like {kind}. "
-        f"Send a {', '.join(FORMATS)} file.",
+        f"The body is not an image: it looks like {kind}. Send a {', '.join(FORMATS)} file.",
     )
 
 
@@ -247,7 +252,7 @@ def direct_tensor(img: Image.Image, data: bytes) -> torch.Tensor | None:
     if mark and ("transparency" in img.info or getattr(img, "n_frames", 1) != 1 or mark in data):
         return None
     if img.format == "PNG" and data[24:25] != b"\x08":  # IHDR's bit depth; of 16-bit samples Pillow
-        return None                                    # keeps the high byte, TorchCodec rounds
+        return None  # keeps the high byte, TorchCodec rounds
     try:
         pixels = decode(data, mode=_DIRECT_MODES[img.mode])
     except (RuntimeError, ValueError):
@@ -262,8 +267,8 @@ def over_white(pixels: torch.Tensor) -> torch.Tensor:
     out = torch.empty((h, w, channels), dtype=torch.uint8).permute(2, 0, 1)
     rows = max(1, BAND_BYTES // (w * 16))
     for top in range(0, h, rows):
-        band = pixels[:, top:top + rows].to(torch.int32)
+        band = pixels[:, top : top + rows].to(torch.int32)
         alpha = band[channels:]
         mixed = band[:channels] * alpha + 255 * (255 - alpha) + 128
-        out[:, top:top + rows] = (mixed + (mixed >> 8)) >> 8
+        out[:, top : top + rows] = (mixed + (mixed >> 8)) >> 8
     return out

@@ -14,6 +14,7 @@ GPU (scripts/gpu_bench.py times it beside the CPU path).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -56,8 +57,26 @@ def device_candidate(data: bytes, max_pixels: int) -> tuple[int, int] | None:
     return orientation, img.size[0] * img.size[1]
 
 
-def decode_on_device(images: list[bytes], recipe: Recipe, device: torch.device,
-                     max_pixels: int) -> list[torch.Tensor | InputError | None]:
+def decode_batch(images: list, recipe: Recipe, device: torch.device, max_pixels: int, decode_on_cpu) -> list:
+    """Every image of a batch -> what `decode_on_cpu(images)` would give for it: the encoded
+    JPEGs the device decoder takes are decoded on `device`; the rest (pixel tensors, other
+    formats, anything the device path fails on, all of them if it fails as a whole) by
+    `decode_on_cpu`, which maps a list of images to their results."""
+    encoded = [i for i, image in enumerate(images) if not isinstance(image, torch.Tensor)]
+    try:
+        on_device = decode_on_device([images[i] for i in encoded], recipe, device, max_pixels)
+    except Exception:
+        logger.exception("decoding on %s failed; the batch decodes on the CPU", device)
+        on_device = [None] * len(encoded)
+    out = {i: result for i, result in zip(encoded, on_device) if result is not None}
+    rest = [i for i in range(len(images)) if i not in out]
+    out.update(zip(rest, decode_on_cpu([images[i] for i in rest])))
+    return [out[i] for i in range(len(images))]
+
+
+def decode_on_device(
+    images: list[bytes], recipe: Recipe, device: torch.device, max_pixels: int
+) -> list[torch.Tensor | InputError | None]:
     """Per image: uint8 [3, crop, crop] on `device`, the InputError its header gives, or None
     for the CPU path (not a JPEG, CMYK, refused by the device decoder, or a recipe that
     resizes with Pillow)."""
@@ -101,8 +120,6 @@ def _decode(indices: list[int], images: list[bytes], device: torch.device) -> di
         logger.info("batched JPEG decode refused (%s); decoding %d images one by one", exc, len(indices))
     out = {}
     for i, tensor in zip(indices, tensors):
-        try:
+        with contextlib.suppress(Exception):  # the CPU path decodes it or answers why not
             out[i] = decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device)
-        except Exception:  # noqa: BLE001
-            pass  # the CPU path decodes it or answers why not
     return out

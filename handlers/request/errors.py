@@ -20,11 +20,11 @@ class RequestError(Exception):
         self.message = message
         self.protocol = protocol  # the protocol whose error form answers it: "plain", or KServe's
 
-    def at(self, where: str) -> "RequestError":
+    def at(self, where: str) -> RequestError:
         """The same error, its message prefixed with where it happened ("instance 2 of 3")."""
         return type(self)(self.code, self.type, f"{where}: {self.message}", self.protocol)
 
-    def answered_in(self, protocol: str) -> "RequestError":
+    def answered_in(self, protocol: str) -> RequestError:
         """The same error, answered in `protocol`'s error form."""
         return type(self)(self.code, self.type, self.message, protocol)
 
@@ -51,8 +51,11 @@ class InputError(RequestError):
 
 def internal_error(stage: str, exc: BaseException) -> RequestError:
     """A bug of ours while handling one request: its 500, never blamed on the client."""
-    return RequestError(500, "internal_error", f"The server failed while {stage} this request "
-                                               f"({type(exc).__name__}); the error is logged on the server.")
+    return RequestError(
+        500,
+        "internal_error",
+        f"The server failed while {stage} this request ({type(exc).__name__}); the error is logged on the server.",
+    )
 
 
 def ascii_reason(text: str) -> str:

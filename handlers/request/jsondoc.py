@@ -38,13 +38,16 @@ def too_deep(value: bytes | str, limit: int = MAX_DEPTH) -> bool:
     """Whether the brackets outside JSON strings nest more than `limit` deep. A body with no more
     than `limit` opening brackets cannot (base64 images have none); otherwise the strings are cut
     out and the depth counted with numpy, a block at a time, never by recursion."""
-    if value.count("[" if isinstance(value, str) else b"[") + value.count("{" if isinstance(value, str) else b"{") <= limit:
+    if (
+        value.count("[" if isinstance(value, str) else b"[") + value.count("{" if isinstance(value, str) else b"{")
+        <= limit
+    ):
         return False
     raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
     brackets = np.frombuffer(_STRING.sub(b"", raw).translate(None, _NOT_BRACKET), np.uint8)
     depth = 0
     for start in range(0, len(brackets), _SCAN_CHUNK):
-        steps = np.cumsum(_OPENING[brackets[start:start + _SCAN_CHUNK]], dtype=np.int32) + depth
+        steps = np.cumsum(_OPENING[brackets[start : start + _SCAN_CHUNK]], dtype=np.int32) + depth
         if steps.max(initial=depth) > limit:
             return True
         depth = int(steps[-1])
@@ -68,5 +71,8 @@ def value_end(head: bytes) -> int | None:
 
 
 def _too_deep_error():
-    return bad_request("bad_json", f"The JSON body nests arrays and objects more than {MAX_DEPTH} levels deep; "
-                                   f"no request of this model needs more than 10.")
+    return bad_request(
+        "bad_json",
+        f"The JSON body nests arrays and objects more than {MAX_DEPTH} levels deep; "
+        f"no request of this model needs more than 10.",
+    )

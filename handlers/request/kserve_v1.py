@@ -21,8 +21,10 @@ def parse(doc: dict, limits: Limits, topk_header: str | None) -> Request:
     if not isinstance(instances, list) or not instances:
         raise bad_request("bad_instances", '"instances" must be a non-empty list of base64 images.')
     if len(instances) > limits.max_images:
-        raise too_large("too_many_images", f"A request may hold at most {limits.max_images} images; "
-                                           f"this one holds {len(instances)}.")
+        raise too_large(
+            "too_many_images",
+            f"A request may hold at most {limits.max_images} images; this one holds {len(instances)}.",
+        )
     images = []
     for i, instance in enumerate(instances):
         try:
@@ -38,8 +40,11 @@ def _base64_of(instance) -> str:
     while isinstance(value, dict):
         key = next((f for f in INSTANCE_FIELDS if f in value), None)
         if key is None:
-            raise bad_request("bad_instances", f"An instance must be a base64 string or an object with one of "
-                                               f"{list(INSTANCE_FIELDS)}; found keys {sorted(value)[:8]}.")
+            raise bad_request(
+                "bad_instances",
+                f"An instance must be a base64 string or an object with one of "
+                f"{list(INSTANCE_FIELDS)}; found keys {sorted(value)[:8]}.",
+            )
         value = value[key]
     if not isinstance(value, str):
         raise bad_request("bad_instances", f"An instance's image must be a base64 string, got {type(value).__name__}.")

@@ -32,7 +32,9 @@ def parse(doc: dict, binary: memoryview | None, limits: Limits, topk_header: str
         raise bad_request("bad_oip_request", '"inputs" must be a non-empty list of tensors.')
     if len(inputs) != 1:
         names = [i.get("name") for i in inputs][:8]
-        raise bad_request("bad_oip_request", f"This model takes one input, the images; got {len(inputs)}: {preview(names)}.")
+        raise bad_request(
+            "bad_oip_request", f"This model takes one input, the images; got {len(inputs)}: {preview(names)}."
+        )
     tensor = inputs[0]
     params = _params(doc, "the request")
     outputs, binary_out = _outputs(doc, params)
@@ -43,8 +45,11 @@ def parse(doc: dict, binary: memoryview | None, limits: Limits, topk_header: str
     elif datatype == "UINT8":
         images = _pixel_images(data, shape, limits)
     else:
-        raise bad_request("unsupported_datatype", f"The input's datatype must be BYTES (encoded images) or "
-                                                  f"UINT8 (pixels [N, H, W, 3]), got {preview(datatype)}.")
+        raise bad_request(
+            "unsupported_datatype",
+            f"The input's datatype must be BYTES (encoded images) or "
+            f"UINT8 (pixels [N, H, W, 3]), got {preview(datatype)}.",
+        )
     topk = limits.resolve_topk(params.get("topk", _params(tensor, "the input").get("topk")), topk_header)
     return Request(OIP, tuple(images), topk, _id(doc.get("id")), outputs, binary_out)
 
@@ -76,15 +81,24 @@ def _outputs(doc: dict, params: dict) -> tuple[tuple, frozenset]:
     names = [o.get("name") for o in requested]
     unknown = [n for n in names if not isinstance(n, str) or n not in OUTPUTS]
     if unknown or not names:
-        raise bad_request("unknown_output", f"This model's outputs are {list(OUTPUTS)}; asked for {preview(names[:8])}.")
-    binary = {o["name"] for o in requested if _params(o, f'output "{o["name"]}"').get("binary_data", all_binary) is True}
+        raise bad_request(
+            "unknown_output", f"This model's outputs are {list(OUTPUTS)}; asked for {preview(names[:8])}."
+        )
+    binary = {
+        o["name"] for o in requested if _params(o, f'output "{o["name"]}"').get("binary_data", all_binary) is True
+    }
     return tuple(dict.fromkeys(names)), frozenset(binary)
 
 
 def _shape(shape) -> list[int]:
-    if not isinstance(shape, list) or not shape or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise bad_request("bad_shape", f'The input\'s "shape" must be a list of non-negative integers, got {preview(shape)}.')
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise bad_request(
+            "bad_shape", f'The input\'s "shape" must be a list of non-negative integers, got {preview(shape)}.'
+        )
     return shape
 
 
@@ -96,8 +110,11 @@ def _data(tensor: dict, binary: memoryview | None):
             raise bad_request("missing_data", 'The input has neither "data" nor parameters.binary_data_size.')
         return tensor["data"]
     if binary is None or not isinstance(size, int) or size < 0 or size > len(binary):
-        raise bad_request("bad_binary_data", f"binary_data_size {preview(size)} does not fit the "
-                                             f"{0 if binary is None else len(binary)} bytes after the JSON header.")
+        raise bad_request(
+            "bad_binary_data",
+            f"binary_data_size {preview(size)} does not fit the "
+            f"{0 if binary is None else len(binary)} bytes after the JSON header.",
+        )
     return binary[:size]
 
 
@@ -106,7 +123,9 @@ def _count(n: int, shape: list[int], limits) -> int:
     if n < 1:
         raise bad_request("bad_shape", f"The input holds no image (shape {shape}).")
     if n > limits.max_images:
-        raise too_large("too_many_images", f"A request may hold at most {limits.max_images} images; this one holds {n}.")
+        raise too_large(
+            "too_many_images", f"A request may hold at most {limits.max_images} images; this one holds {n}."
+        )
     return n
 
 
@@ -121,7 +140,9 @@ def _encoded_images(data, shape: list[int], limits) -> list[bytes]:
             raise bad_request("bad_data", "BYTES data in JSON must be base64 strings, one per image.")
         to_image = lambda e: decode_base64(e.encode(), limits.max_bytes)  # noqa: E731
     if len(elements) != n:
-        raise bad_request("bad_shape", f"The input's shape {preview(shape)} holds {n} elements; its data holds {len(elements)}.")
+        raise bad_request(
+            "bad_shape", f"The input's shape {preview(shape)} holds {n} elements; its data holds {len(elements)}."
+        )
     images = []
     for i, item in enumerate(elements):
         try:
@@ -140,8 +161,10 @@ def _bytes_elements(data: memoryview) -> list[bytes]:
         (size,) = struct.unpack_from("<I", data, offset)
         offset += 4
         if offset + size > len(data):
-            raise bad_request("bad_binary_data", f"A binary BYTES element says {size} bytes; {len(data) - offset} remain.")
-        elements.append(bytes(data[offset:offset + size]))
+            raise bad_request(
+                "bad_binary_data", f"A binary BYTES element says {size} bytes; {len(data) - offset} remain."
+            )
+        elements.append(bytes(data[offset : offset + size]))
         offset += size
     return elements
 
@@ -166,7 +189,9 @@ def _pixel_images(data, shape: list[int], limits) -> list[torch.Tensor]:
     n, h, w, _ = shape
     _count(n if h * w else 0, shape, limits)
     if h * w > limits.max_pixels:
-        raise too_large("too_many_pixels", f"The pixels are {w}x{h}; this model accepts at most {limits.max_pixels} pixels.")
+        raise too_large(
+            "too_many_pixels", f"The pixels are {w}x{h}; this model accepts at most {limits.max_pixels} pixels."
+        )
     expected = n * h * w * 3
     if isinstance(data, memoryview):
         if len(data) != expected:
@@ -206,8 +231,10 @@ def response(request: Request, rows: list[list[dict]], model_name: str, version:
     header = json.dumps(body, separators=(",", ":")).encode()
     if not chunks:
         return header, {"content-type": "application/json"}
-    return header + b"".join(chunks), {"content-type": "application/octet-stream",
-                                       "Inference-Header-Content-Length": str(len(header))}
+    return header + b"".join(chunks), {
+        "content-type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
 
 
 def _binary(name: str, values: list) -> bytes:

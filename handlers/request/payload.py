@@ -32,7 +32,7 @@ def body_value(item: dict):
             "empty_body",
             "The request carried no image: the body is empty or form-urlencoded. Send the image bytes "
             "as the body (curl -T photo.jpg or --data-binary @photo.jpg -H 'Content-Type: "
-            "application/octet-stream'), as a multipart field, or as JSON {\"image\": \"<base64>\"}.",
+            'application/octet-stream\'), as a multipart field, or as JSON {"image": "<base64>"}.',
         )
     value = next((item[k] for k in BODY_KEYS if k in item), None)
     if value is None:  # a multipart form with some other field name: take the first one
@@ -51,7 +51,7 @@ def parse(value, limits: Limits, topk_header: str | None) -> Request:
         if len(doc) != 1:
             raise bad_request(
                 "bad_json",
-                f"A JSON body must be one object, e.g. {{\"image\": \"<base64>\"}}; got a list of {len(doc)}.",
+                f'A JSON body must be one object, e.g. {{"image": "<base64>"}}; got a list of {len(doc)}.',
             )
         doc = doc[0]
     if isinstance(doc, str):
@@ -62,8 +62,7 @@ def parse(value, limits: Limits, topk_header: str | None) -> Request:
     if field is None:
         raise bad_request(
             "missing_image_field",
-            f"The JSON body has no image field. Put the base64 image under \"image\" "
-            f"(found keys: {sorted(doc)[:10]}).",
+            f'The JSON body has no image field. Put the base64 image under "image" (found keys: {sorted(doc)[:10]}).',
         )
     image = doc[field]
     if isinstance(image, list) and len(image) == 1:
@@ -94,7 +93,7 @@ def decode_base64(text: bytes, max_bytes: int) -> bytes:
     (SIMD) where the serving Python has it, the standard library's base64 otherwise."""
     match = _DATA_URI.match(text[:200])
     if match:
-        text = text[match.end():]
+        text = text[match.end() :]
     if any(c in text for c in _WHITESPACE):  # `base64` wraps lines; translate beats re.sub by far
         text = text.translate(None, b" \t\r\n\f\v")
     _check_size(len(text) * 3 // 4, max_bytes)

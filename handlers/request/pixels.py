@@ -21,8 +21,14 @@ _INTERPOLATION = {
 }
 
 
-def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = True,
-                 torchcodec: bool = True, budget: DecodeBudget | None = None) -> torch.Tensor:
+def image_pixels(
+    data: bytes,
+    max_pixels: int,
+    recipe: Recipe,
+    draft: bool = True,
+    torchcodec: bool = True,
+    budget: DecodeBudget | None = None,
+) -> torch.Tensor:
     """Encoded image -> the recipe's uint8 tensor [3, crop, crop]: what the handler serves.
 
     JPEGs are DCT-scaled while decoding (`draft`) to the smallest size still resized down. When
@@ -37,8 +43,9 @@ def image_pixels(data: bytes, max_pixels: int, recipe: Recipe, draft: bool = Tru
         draft_jpeg(img, draft_target(*size, recipe))
     with budget.hold(img.size[0] * img.size[1]) if budget else nullcontext():
         as_tensor = resizes_as_tensor(recipe)
-        pixels = decode_pixels(img, data, max_pixels, tensor=torchcodec and as_tensor and img.size == size,
-                               keep_gray=as_tensor)
+        pixels = decode_pixels(
+            img, data, max_pixels, tensor=torchcodec and as_tensor and img.size == size, keep_gray=as_tensor
+        )
         if isinstance(pixels, torch.Tensor):
             return _three_channels(resize_crop(pixels, recipe))
         return recipe_pixels(pixels, recipe)
@@ -136,8 +143,12 @@ def resize_crop(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     if recipe.crop_mode == "center":
         left, top, right, bottom = _aspect_box(pixels.shape[-1], pixels.shape[-2])
         pixels = pixels[:, top:bottom, left:right]
-    pixels = F.resize(pixels, resize_arg(pixels.shape[-2], pixels.shape[-1], recipe),
-                      interpolation=_INTERPOLATION[recipe.interpolation], antialias=True)
+    pixels = F.resize(
+        pixels,
+        resize_arg(pixels.shape[-2], pixels.shape[-1], recipe),
+        interpolation=_INTERPOLATION[recipe.interpolation],
+        antialias=True,
+    )
     return _crop(pixels, recipe).contiguous()
 
 

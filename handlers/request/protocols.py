@@ -12,7 +12,7 @@ forwards both KServe protocols to `/predictions/{m}`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from . import kserve_v1, oip, payload
 from .errors import RequestError, bad_request
@@ -65,8 +65,11 @@ def _binary_json_size(raw: bytes, header: str | None) -> int | None:
     through (gRPC), from a JSON prefix that declares binary data; None for other bodies."""
     if header is not None:
         if not header.strip().isdigit() or not 0 < int(header) <= len(raw):
-            raise bad_request("bad_binary_header", f"Inference-Header-Content-Length must be a byte count "
-                                                   f"from 1 to the body's {len(raw)}, got {header[:40]!r}.")
+            raise bad_request(
+                "bad_binary_header",
+                f"Inference-Header-Content-Length must be a byte count "
+                f"from 1 to the body's {len(raw)}, got {header[:40]!r}.",
+            )
         return int(header)
     head = raw[:BINARY_JSON_MAX]
     if head[:1] != b"{" or b"binary_data_size" not in head:
@@ -78,8 +81,9 @@ def _binary_json_size(raw: bytes, header: str | None) -> int | None:
 def _json_prefix(raw: bytes, size: int) -> dict:
     doc = parse_json(raw[:size])
     if not isinstance(doc, dict):
-        raise bad_request("bad_json", f"The first {size} bytes (Inference-Header-Content-Length) are not "
-                                      f"a JSON object with \"inputs\".")
+        raise bad_request(
+            "bad_json", f'The first {size} bytes (Inference-Header-Content-Length) are not a JSON object with "inputs".'
+        )
     return doc
 
 

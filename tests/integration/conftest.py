@@ -26,8 +26,18 @@ METRICS_YAML = ROOT / "metrics.yaml"
 
 
 def build_mar(checkpoint, store, name, version="1.0", sets=(), handler=None):
-    cmd = [sys.executable, str(ROOT / "scripts" / "build_mar.py"), "--checkpoint", str(checkpoint),
-           "--model-name", name, "--version", version, "--export-path", str(store)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "build_mar.py"),
+        "--checkpoint",
+        str(checkpoint),
+        "--model-name",
+        name,
+        "--version",
+        version,
+        "--export-path",
+        str(store),
+    ]
     if handler:
         cmd += ["--handler", str(handler)]
     for s in sets:
@@ -46,8 +56,9 @@ def server(default_checkpoint, bare, tmp_path_factory):
     """Batches of up to 8 gathered for 300 ms, so concurrent requests share a batch."""
     store = tmp_path_factory.mktemp("model-store")
     build_mar(default_checkpoint, store, MODEL, sets=["batchSize=8", "maxBatchDelay=300"])
-    ts = TorchServe(tmp_path_factory.mktemp("ts"), store, f"{MODEL}.mar", python=bare,
-                    extra_config={"metrics_config": METRICS_YAML})
+    ts = TorchServe(
+        tmp_path_factory.mktemp("ts"), store, f"{MODEL}.mar", python=bare, extra_config={"metrics_config": METRICS_YAML}
+    )
     ts.start([MODEL])
     yield ts
     ts.stop()

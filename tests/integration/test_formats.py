@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.byom_fixtures import converted_default, exported, imagenet_labels, script  # noqa: F401 (exported needs them)
-from tests.test_conversion import tiny_eager
+from tests.byom_fixtures import script
 from tests.conftest import IMAGES, labelled_photos
 from tests.integration.conftest import METRICS_YAML, build_mar
+from tests.test_conversion import tiny_eager
 from tsctl.local_server import TorchServe
 
 pytestmark = pytest.mark.integration
@@ -22,15 +22,32 @@ def test_every_format_serves_the_labelled_photos(exported, tmp_path, bare):
     store.mkdir()
     # a small eager model in TorchServe's convention: model file + plain state dict + index_to_name.json
     tiny = tiny_eager(tmp_path)
-    out = script("build_mar.py", "--checkpoint", tmp_path / "weights.pth", "--model-file", tmp_path / "tiny_net.py",
-                 "--labels", tmp_path / "index_to_name.json", "--recipe", '{"crop_size": 32, "resize_size": 36}',
-                 "--model-name", "fmt_eager", "--export-path", store)
+    out = script(
+        "build_mar.py",
+        "--checkpoint",
+        tmp_path / "weights.pth",
+        "--model-file",
+        tmp_path / "tiny_net.py",
+        "--labels",
+        tmp_path / "index_to_name.json",
+        "--recipe",
+        '{"crop_size": 32, "resize_size": 36}',
+        "--model-name",
+        "fmt_eager",
+        "--export-path",
+        store,
+    )
     assert out.returncode == 0 and tiny is not None, out.stderr
     sources = {"fmt_torchscript": exported["torchscript"], "fmt_export": exported["export"]}
     for name, path in sources.items():
         build_mar(path, store, name, sets=["batchSize=4", "maxBatchDelay=10", "handler.trust_program=true"])
-    ts = TorchServe(tmp_path / "ts", store, ",".join(f"{n}.mar" for n in [*sources, "fmt_eager"]), python=bare,
-                    extra_config={"metrics_config": METRICS_YAML})
+    ts = TorchServe(
+        tmp_path / "ts",
+        store,
+        ",".join(f"{n}.mar" for n in [*sources, "fmt_eager"]),
+        python=bare,
+        extra_config={"metrics_config": METRICS_YAML},
+    )
     ts.start([*sources, "fmt_eager"])
     try:
         resp = ts.post("fmt_eager", data=(IMAGES / "dog1.jpg").read_bytes())
@@ -43,4 +60,3 @@ def test_every_format_serves_the_labelled_photos(exported, tmp_path, bare):
                     assert resp.json()[0]["label"] in acceptable, (model, name, resp.json()[0])
     finally:
         ts.stop()
-

@@ -67,18 +67,39 @@ def test_limits_at_and_one_past_their_value(server, photos):
     token = {"Authorization": f"Bearer {server.keys.inference}"}
     image = _small_jpeg_b64()
     probes = {
-        "request at max_request_size": (lambda: send(server, b"\xff\xd8" + bytes(MAX_REQUEST_SIZE - 2)), (413, "body_too_large")),
+        "request at max_request_size": (
+            lambda: send(server, b"\xff\xd8" + bytes(MAX_REQUEST_SIZE - 2)),
+            (413, "body_too_large"),
+        ),
         "request one byte over": (lambda: send(server, b"\xff\xd8" + bytes(MAX_REQUEST_SIZE - 1)), (413, "(not JSON)")),
         "headers under 8 KiB": (lambda: send(server, photos[PHOTO], {"X-Pad": "a" * 7000}), (200, "Brittany spaniel")),
         "headers over 8 KiB": (lambda: send(server, photos[PHOTO], {"X-Pad": "a" * 9000}), (400, "")),
-        "request line under 4 KiB": (lambda: requests.post(f"{url}?pad={'a' * 3500}", data=photos[PHOTO], headers=token,
-                                                            timeout=60), (200, "Brittany spaniel")),
-        "request line over 4 KiB": (lambda: requests.post(f"{url}?pad={'a' * 5000}", data=photos[PHOTO], headers=token,
-                                                           timeout=60), (400, "")),
-        "64 images in a request": (lambda: requests.post(f"{server.inference_url}/v1/models/{MODEL}:predict", headers=token,
-                                                          json={"instances": [image] * 64}, timeout=60), (200, "64")),
-        "65 images in a request": (lambda: requests.post(f"{server.inference_url}/v1/models/{MODEL}:predict", headers=token,
-                                                          json={"instances": [image] * 65}, timeout=60), (413, "too_many_images")),
+        "request line under 4 KiB": (
+            lambda: requests.post(f"{url}?pad={'a' * 3500}", data=photos[PHOTO], headers=token, timeout=60),
+            (200, "Brittany spaniel"),
+        ),
+        "request line over 4 KiB": (
+            lambda: requests.post(f"{url}?pad={'a' * 5000}", data=photos[PHOTO], headers=token, timeout=60),
+            (400, ""),
+        ),
+        "64 images in a request": (
+            lambda: requests.post(
+                f"{server.inference_url}/v1/models/{MODEL}:predict",
+                headers=token,
+                json={"instances": [image] * 64},
+                timeout=60,
+            ),
+            (200, "64"),
+        ),
+        "65 images in a request": (
+            lambda: requests.post(
+                f"{server.inference_url}/v1/models/{MODEL}:predict",
+                headers=token,
+                json={"instances": [image] * 65},
+                timeout=60,
+            ),
+            (413, "too_many_images"),
+        ),
     }
     failures = []
     with ThreadPoolExecutor(2) as pool:

@@ -30,13 +30,33 @@ def templates() -> dict:
     image = _b64("kitten.jpg")
     plain = {"image": image, "topk": 3}
     v1 = {"instances": [{"b64": image}], "topk": 3}
-    oip = {"id": "r1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [image]}],
-           "outputs": [{"name": "label"}], "parameters": {"topk": 3}}
-    return {"plain": (plain, [("image",), ("topk",), ()]),
-            "v1": (v1, [("instances",), ("instances", 0), ("instances", 0, "b64"), ("topk",)]),
-            "oip": (oip, [("id",), ("inputs",), ("inputs", 0), ("inputs", 0, "shape"), ("inputs", 0, "shape", 0),
-                          ("inputs", 0, "datatype"), ("inputs", 0, "data"), ("inputs", 0, "data", 0),
-                          ("outputs",), ("outputs", 0, "name"), ("parameters",), ("parameters", "topk")])}
+    oip = {
+        "id": "r1",
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [image]}],
+        "outputs": [{"name": "label"}],
+        "parameters": {"topk": 3},
+    }
+    return {
+        "plain": (plain, [("image",), ("topk",), ()]),
+        "v1": (v1, [("instances",), ("instances", 0), ("instances", 0, "b64"), ("topk",)]),
+        "oip": (
+            oip,
+            [
+                ("id",),
+                ("inputs",),
+                ("inputs", 0),
+                ("inputs", 0, "shape"),
+                ("inputs", 0, "shape", 0),
+                ("inputs", 0, "datatype"),
+                ("inputs", 0, "data"),
+                ("inputs", 0, "data", 0),
+                ("outputs",),
+                ("outputs", 0, "name"),
+                ("parameters",),
+                ("parameters", "topk"),
+            ],
+        ),
+    }
 
 
 def nested(depth: int, opener: str = "[", closer: str = "]") -> str:
@@ -51,10 +71,22 @@ VALUES = {
     "deep under TorchServe's recursion limit": nested(900),
     "million-digit integer": "9" * 1_000_000,
     "million-digit float": "1." + "5" * 1_000_000,
-    "NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity", "null": "null", "true": "true",
-    "false": "false", "zero": "0", "negative": "-3", "float": "2.5", "empty string": '""', "empty array": "[]",
-    "empty object": "{}", "string": '"x"', "array of objects": '[{"a": 1}, {"b": [2]}]',
-    "unicode string": json.dumps("\u2603 \U0001f600 caf\u00e9"), "long string": json.dumps("z" * 100_000),
+    "NaN": "NaN",
+    "Infinity": "Infinity",
+    "-Infinity": "-Infinity",
+    "null": "null",
+    "true": "true",
+    "false": "false",
+    "zero": "0",
+    "negative": "-3",
+    "float": "2.5",
+    "empty string": '""',
+    "empty array": "[]",
+    "empty object": "{}",
+    "string": '"x"',
+    "array of objects": '[{"a": 1}, {"b": [2]}]',
+    "unicode string": json.dumps("\u2603 \U0001f600 caf\u00e9"),
+    "long string": json.dumps("z" * 100_000),
 }
 ENCODINGS = {
     "json": ("application/json", lambda text: text.encode("utf-8")),
@@ -111,8 +143,9 @@ def send_beside_neighbours(server, bad: list[tuple[str, bytes, str]]) -> dict:
 def test_json_nested_a_hundred_thousand_deep_is_400_beside_good_neighbours(server, encoding):
     pids = server.worker_pids(MODEL)
     ctype, encode = ENCODINGS[encoding]
-    answers = send_beside_neighbours(server, [(name, encode(VALUES[name]), ctype)
-                                              for name in ("deep array", "deep object")])
+    answers = send_beside_neighbours(
+        server, [(name, encode(VALUES[name]), ctype) for name in ("deep array", "deep object")]
+    )
     for what, resp in answers.items():
         assert resp.status_code == 400, (what, resp.text[:300])
         assert resp.json()["type"] == "bad_json" and "32 levels" in resp.json()["message"], resp.json()
@@ -127,8 +160,13 @@ def every_case() -> list[tuple[str, bytes, str]]:
             for value in sorted(VALUES):
                 encoding = encodings[len(cases) % len(encodings)]
                 ctype, encode = ENCODINGS[encoding]
-                cases.append((f"{protocol} {path} = {value} as {encoding}", encode(body_with(template, path, VALUES[value])),
-                              ctype))
+                cases.append(
+                    (
+                        f"{protocol} {path} = {value} as {encoding}",
+                        encode(body_with(template, path, VALUES[value])),
+                        ctype,
+                    )
+                )
     return cases
 
 
@@ -136,12 +174,14 @@ def test_any_json_in_any_field_of_any_protocol_is_answered_alone(server):
     pids = server.worker_pids(MODEL)
     cases = every_case()
     for start in range(0, len(cases), 6):  # six beside two good photos: one batch of 8
-        for what, resp in send_beside_neighbours(server, cases[start:start + 6]).items():
+        for what, resp in send_beside_neighbours(server, cases[start : start + 6]).items():
             assert_own_answer(resp, what)
     assert server.worker_pids(MODEL) == pids
 
 
 def test_duplicate_keys_take_the_last_value_in_every_protocol(server):
-    bad = [(f"{p} duplicate key", with_duplicate_key(t).encode(), "application/json") for p, (t, _) in templates().items()]
+    bad = [
+        (f"{p} duplicate key", with_duplicate_key(t).encode(), "application/json") for p, (t, _) in templates().items()
+    ]
     for what, resp in send_beside_neighbours(server, bad).items():
         assert resp.status_code == 200, (what, resp.text[:300])

@@ -54,12 +54,23 @@ def pod(bundle, bare, tmp_path_factory):
     for key in ("grpc_inference_port", "grpc_management_port"):
         ports[key] = free_port()
         text = re.sub(rf"^{key}=\d+$", f"{key}={ports[key]}", text, flags=re.M)
-    text += "initial_worker_port=%d\n" % (free_port() // 100 * 100 % 40000 + 20000)  # clear of other servers here
+    text += f"initial_worker_port={free_port() // 100 * 100 % 40000 + 20000}\n"  # clear of other servers here
     (mount / "config" / "config.properties").write_text(text)
     env = {"PATH": os.environ["PATH"], "TMPDIR": str(work), "TS_SERVICE_ENVELOPE": "kservev2", "HOME": str(work)}
-    subprocess.run([str(bare), "-c", LAUNCH, "--start", f"--model-store={mount}/model-store",
-                    f"--ts-config={mount}/config/config.properties"], cwd=work, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(bare),
+            "-c",
+            LAUNCH,
+            "--start",
+            f"--model-store={mount}/model-store",
+            f"--ts-config={mount}/config/config.properties",
+        ],
+        cwd=work,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     management = f"http://127.0.0.1:{ports['management_address']}"
     deadline, last = time.monotonic() + 240, None
     while time.monotonic() < deadline:  # the wrapper's readiness check: the management API, no token
@@ -73,17 +84,27 @@ def pod(bundle, bare, tmp_path_factory):
     else:
         subprocess.run([str(bare), "-c", LAUNCH, "--stop"], cwd=work, env=env)
         pytest.fail(f"the bundle's TorchServe did not get ready: {last}")
-    yield {"inference": f"http://127.0.0.1:{ports['inference_address']}", "management": management, "work": work,
-           "grpc": f"127.0.0.1:{ports['grpc_inference_port']}",
-           "metrics": f"http://127.0.0.1:{ports['metrics_address']}"}
+    yield {
+        "inference": f"http://127.0.0.1:{ports['inference_address']}",
+        "management": management,
+        "work": work,
+        "grpc": f"127.0.0.1:{ports['grpc_inference_port']}",
+        "metrics": f"http://127.0.0.1:{ports['metrics_address']}",
+    }
     subprocess.run([str(bare), "-c", LAUNCH, "--stop"], cwd=work, env=env, stdout=subprocess.DEVNULL)
 
 
 def test_bundle_layout_and_config(bundle):
     assert sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()) == [
-        "config/config.properties", "config/metrics.yaml", f"model-store/{MODEL}.mar"]
-    props = dict(line.split("=", 1) for line in (bundle / "config" / "config.properties").read_text().splitlines()
-                 if "=" in line and not line.startswith("#"))
+        "config/config.properties",
+        "config/metrics.yaml",
+        f"model-store/{MODEL}.mar",
+    ]
+    props = dict(
+        line.split("=", 1)
+        for line in (bundle / "config" / "config.properties").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
     assert props["disable_token_authorization"] == "true" and props["enable_model_api"] == "false"
     assert "enable_envvars_config" not in props and props["metrics_mode"] == "prometheus"
     snapshot = json.loads(props["model_snapshot"])["models"][MODEL]["1.0"]
@@ -102,9 +123,13 @@ def test_kserve_client_v2_and_v1(pod, photos):
     async def run():
         v2 = InferenceRESTClient(RESTConfig(protocol="v2", timeout=120))
         v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=120))
-        request = InferRequest(MODEL, [InferInput("image", [3], "BYTES", [b64(photos[n]) for n in NAMES])], request_id="k")
-        return await asyncio.gather(v2.infer(pod["inference"], request, model_name=MODEL),
-                                    v1.infer(pod["inference"], {"instances": [b64(photos["bus.jpg"])]}, model_name=MODEL))
+        request = InferRequest(
+            MODEL, [InferInput("image", [3], "BYTES", [b64(photos[n]) for n in NAMES])], request_id="k"
+        )
+        return await asyncio.gather(
+            v2.infer(pod["inference"], request, model_name=MODEL),
+            v1.infer(pod["inference"], {"instances": [b64(photos["bus.jpg"])]}, model_name=MODEL),
+        )
 
     v2, v1 = asyncio.run(run())
     assert v2.id == "k"
@@ -114,9 +139,15 @@ def test_kserve_client_v2_and_v1(pod, photos):
 
 
 def test_v2_json_on_predictions_as_the_wrapper_posts_it(pod, photos):
-    body, _ = InferRequest(MODEL, [InferInput("image", [1], "BYTES", [b64(photos["dog2.jpg"])])], request_id="w").to_rest()
-    resp = requests.post(f"{pod['inference']}/predictions/{MODEL}", data=json.dumps(body),
-                         headers={"Content-Type": "application/json"}, timeout=60)
+    body, _ = InferRequest(
+        MODEL, [InferInput("image", [1], "BYTES", [b64(photos["dog2.jpg"])])], request_id="w"
+    ).to_rest()
+    resp = requests.post(
+        f"{pod['inference']}/predictions/{MODEL}",
+        data=json.dumps(body),
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
     assert resp.status_code == 200, resp.text
     assert resp.json()["id"] == "w" and resp.json()["outputs"][0]["data"][0] == "Brittany spaniel"
 
@@ -149,9 +180,13 @@ def test_grpc_v2_as_the_wrapper_translates_it(pod, photos):
     from tsctl.grpc_client import _modules
 
     inference_pb2, inference_grpc, _, _ = _modules()
-    request = {"id": "g1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(photos["dog1.jpg"])]}]}
+    request = {
+        "id": "g1",
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(photos["dog1.jpg"])]}],
+    }
     with grpc.insecure_channel(pod["grpc"]) as channel:
         reply = inference_grpc.InferenceAPIsServiceStub(channel).Predictions(
-            inference_pb2.PredictionsRequest(model_name=MODEL, input={"data": json.dumps(request).encode()}), timeout=60)
+            inference_pb2.PredictionsRequest(model_name=MODEL, input={"data": json.dumps(request).encode()}), timeout=60
+        )
     answer = json.loads(reply.prediction)
     assert answer["id"] == "g1" and answer["outputs"][0]["data"][0] == "Labrador retriever"

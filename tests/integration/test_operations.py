@@ -13,13 +13,12 @@ import requests
 import torch
 
 from handlers.model.checkpoint import read_checkpoint
-
 from modeltools.save import save_checkpoint
 from tests.conftest import IMAGES, ROOT
-from tests.integration.conftest import METRICS_YAML, build_mar
-from tsctl.grpc_client import GrpcClient
 from tests.faults import CuttableProxy
+from tests.integration.conftest import METRICS_YAML, build_mar
 from tsctl.client import Client
+from tsctl.grpc_client import GrpcClient
 from tsctl.local_server import TorchServe
 from tsctl.rollout import Gate, Plan, State, rollback, rollout
 
@@ -32,8 +31,9 @@ FAST = ["batchSize=4", "maxBatchDelay=10"]
 def ops(default_checkpoint, tmp_path_factory):
     store = tmp_path_factory.mktemp("ops-store")
     build_mar(default_checkpoint, store, MODEL, "1.0", FAST)
-    ts = TorchServe(tmp_path_factory.mktemp("ops-ts"), store, f"{MODEL}.mar",
-                    extra_config={"metrics_config": METRICS_YAML})
+    ts = TorchServe(
+        tmp_path_factory.mktemp("ops-ts"), store, f"{MODEL}.mar", extra_config={"metrics_config": METRICS_YAML}
+    )
     ts.start([MODEL])
     ts.store = store
     yield ts
@@ -51,10 +51,14 @@ def archives(default_checkpoint, tmp_path_factory):
     save_checkpoint(out / "shuffled.pt", shuffled, info.architecture, info.recipe, info.labels, "3.0")
     paths = {}
     fixtures = ROOT / "tests" / "fixtures"
-    for version, ckpt, handler in [("2.0", default_checkpoint, None), ("3.0", out / "shuffled.pt", None),
-                                   ("4.0", default_checkpoint, fixtures / "flaky_handler.py"),
-                                   ("5.0", default_checkpoint, fixtures / "crashing_handler.py"),
-                                   ("6.0", default_checkpoint, None), ("7.0", default_checkpoint, None)]:
+    for version, ckpt, handler in [
+        ("2.0", default_checkpoint, None),
+        ("3.0", out / "shuffled.pt", None),
+        ("4.0", default_checkpoint, fixtures / "flaky_handler.py"),
+        ("5.0", default_checkpoint, fixtures / "crashing_handler.py"),
+        ("6.0", default_checkpoint, None),
+        ("7.0", default_checkpoint, None),
+    ]:
         folder = out / version
         folder.mkdir()
         paths[version] = build_mar(ckpt, folder, MODEL, version, FAST, handler=handler)
@@ -92,8 +96,17 @@ def do_rollout(ops, mar, client=None, **kw):
     kw.setdefault("max_p99_ratio", 50.0)
     gate = Gate(**{k: kw.pop(k) for k in list(kw) if k in Gate.__dataclass_fields__})
     log = []
-    plan = Plan(MODEL, mar, IMAGES, ops.store, gate, workers=1, watch_s=kw.get("watch", 4), grace_s=1,
-                recover_s=kw.get("recover", 30))
+    plan = Plan(
+        MODEL,
+        mar,
+        IMAGES,
+        ops.store,
+        gate,
+        workers=1,
+        watch_s=kw.get("watch", 4),
+        grace_s=1,
+        recover_s=kw.get("recover", 30),
+    )
     code = rollout(client or ops.client, plan, State(ops.workdir / "state.json"), log=log.append)
     return code, "\n".join(log)
 
@@ -103,7 +116,9 @@ def assert_only(ops, version):
 
 
 def test_grpc_predict_returns_the_right_label(ops):
-    client = GrpcClient(f"127.0.0.1:{ops.ports['grpc']}", f"127.0.0.1:{ops.ports['grpc_mgmt']}", ops.workdir / "key_file.json")
+    client = GrpcClient(
+        f"127.0.0.1:{ops.ports['grpc']}", f"127.0.0.1:{ops.ports['grpc_mgmt']}", ops.workdir / "key_file.json"
+    )
     answer = json.loads(client.predict(MODEL, (IMAGES / "dog1.jpg").read_bytes()))
     assert answer[0]["label"] == "Labrador retriever"
     assert json.loads(client.describe(MODEL))[0]["modelName"] == MODEL
@@ -112,9 +127,24 @@ def test_grpc_predict_returns_the_right_label(ops):
 
 
 def test_tsctl_predict_over_grpc(ops):
-    out = subprocess.run([sys.executable, "-m", "tsctl.cli", "--key-file", str(ops.workdir / "key_file.json"),
-                          "predict", "--grpc", "--grpc-target", f"127.0.0.1:{ops.ports['grpc']}", MODEL,
-                          str(IMAGES / "croco.jpg")], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tsctl.cli",
+            "--key-file",
+            str(ops.workdir / "key_file.json"),
+            "predict",
+            "--grpc",
+            "--grpc-target",
+            f"127.0.0.1:{ops.ports['grpc']}",
+            MODEL,
+            str(IMAGES / "croco.jpg"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     assert "African crocodile" in out.stdout
 
@@ -211,6 +241,7 @@ def test_management_api_unreachable_mid_rollout_leaves_the_old_default(ops, arch
 
 def test_torchserve_stopped_mid_rollout_fails_it_and_says_what_is_left(ops, archives):
     """Last in this module: it stops the module's TorchServe and starts it again."""
+
     def stop_once_registered():
         deadline = time.monotonic() + 120
         while "7.0" not in ops.client.versions(MODEL) and time.monotonic() < deadline:

@@ -37,25 +37,34 @@ def triton_client(server):
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_tritonclient_gets_the_labels(server, triton_client, photos, binary):
-    result = triton_client.infer(MODEL, [triton_input([photos[n] for n in NAMES], binary)], request_id="t-1",
-                                 headers=auth(server))
+    result = triton_client.infer(
+        MODEL, [triton_input([photos[n] for n in NAMES], binary)], request_id="t-1", headers=auth(server)
+    )
     assert_acceptable(first_labels(result), NAMES)
     assert result.as_numpy("probability").shape == (4, 5) and result.get_response()["id"] == "t-1"
 
 
 def test_tritonclient_json_outputs_and_topk(server, triton_client, photos):
     outputs = [triton.InferRequestedOutput(n, binary_data=False) for n in ("label", "probability")]
-    result = triton_client.infer(MODEL, [triton_input([photos["dog2.jpg"]], False)], outputs=outputs,
-                                 parameters={"topk": 3}, headers=auth(server))
+    result = triton_client.infer(
+        MODEL,
+        [triton_input([photos["dog2.jpg"]], False)],
+        outputs=outputs,
+        parameters={"topk": 3},
+        headers=auth(server),
+    )
     assert result.as_numpy("label").shape == (1, 3) and result.as_numpy("index") is None
     assert first_labels(result) == ["Brittany spaniel"]
 
 
 def test_tritonclient_bad_image_is_4xx_while_batched_neighbours_succeed(server, triton_client, photos):
     pids = server.worker_pids(MODEL)
-    bad = triton_client.async_infer(MODEL, [triton_input([photos["cat.jpg"], b"no image here"], True)],
-                                    headers=auth(server))
-    goods = [triton_client.async_infer(MODEL, [triton_input([photos[n]], True)], headers=auth(server)) for n in NAMES[:3]]
+    bad = triton_client.async_infer(
+        MODEL, [triton_input([photos["cat.jpg"], b"no image here"], True)], headers=auth(server)
+    )
+    goods = [
+        triton_client.async_infer(MODEL, [triton_input([photos[n]], True)], headers=auth(server)) for n in NAMES[:3]
+    ]
     with pytest.raises(InferenceServerException) as err:
         bad.get_result()
     assert err.value.status() == "400" and "input element 1 of 2" in err.value.message()
@@ -67,13 +76,19 @@ def test_tritonclient_bad_image_is_4xx_while_batched_neighbours_succeed(server, 
 def test_kserve_client_v2_and_v1(server, photos):
     async def run():
         v2 = InferenceRESTClient(RESTConfig(protocol="v2", timeout=120))
-        request = InferRequest(MODEL, [InferInput("image", [2], "BYTES", [b64(photos[n]) for n in NAMES[:2]])],
-                               request_id="k-2")
+        request = InferRequest(
+            MODEL, [InferInput("image", [2], "BYTES", [b64(photos[n]) for n in NAMES[:2]])], request_id="k-2"
+        )
         v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=120))
         return await asyncio.gather(
             v2.infer(server.inference_url, request, model_name=MODEL, headers=auth(server)),
-            v1.infer(server.inference_url, {"instances": [{"b64": b64(photos[n])} for n in NAMES]}, model_name=MODEL,
-                     headers=auth(server)))
+            v1.infer(
+                server.inference_url,
+                {"instances": [{"b64": b64(photos[n])} for n in NAMES]},
+                model_name=MODEL,
+                headers=auth(server),
+            ),
+        )
 
     v2, v1 = asyncio.run(run())
     assert v2.id == "k-2" and v2.model_name == MODEL
@@ -83,13 +98,14 @@ def test_kserve_client_v2_and_v1(server, photos):
 
 
 def test_v2_json_on_predictions_as_kserves_wrapper_posts_it(server, photos):
-    body, _ = InferRequest(MODEL, [InferInput("image", [1], "BYTES", [b64(photos["croco.jpg"])])], request_id="w").to_rest()
+    body, _ = InferRequest(
+        MODEL, [InferInput("image", [1], "BYTES", [b64(photos["croco.jpg"])])], request_id="w"
+    ).to_rest()
     resp = server.post(MODEL, data=json.dumps(body), headers={"Content-Type": "application/json"})
     assert resp.status_code == 200, resp.text
     doc = resp.json()
     assert doc["id"] == "w" and doc["outputs"][0]["name"] == "label"
     assert doc["outputs"][0]["data"][0] in labelled_photos()["croco.jpg"]
-
 
 
 def _image_cases(photo: bytes):
@@ -101,29 +117,48 @@ def _image_cases(photo: bytes):
 def test_bad_image_corpus_is_isolated_in_every_protocol(server, photos):
     pids = server.worker_pids(MODEL)
     url = server.inference_url
-    good_body, good_size = triton.InferenceServerClient.generate_request_body([triton_input([photos["dog1.jpg"]], True)])
+    good_body, good_size = triton.InferenceServerClient.generate_request_body(
+        [triton_input([photos["dog1.jpg"]], True)]
+    )
 
     def oip_binary(image):
         body, size = triton.InferenceServerClient.generate_request_body(
-            [triton_input([photos["dog2.jpg"], image], True)])
-        return requests.post(f"{url}/v2/models/{MODEL}/infer", data=body, timeout=60,
-                             headers={**auth(server), "Inference-Header-Content-Length": str(size)})
+            [triton_input([photos["dog2.jpg"], image], True)]
+        )
+        return requests.post(
+            f"{url}/v2/models/{MODEL}/infer",
+            data=body,
+            timeout=60,
+            headers={**auth(server), "Inference-Header-Content-Length": str(size)},
+        )
 
     def kserve_v1(image):
-        return requests.post(f"{url}/v1/models/{MODEL}:predict", json={"instances": [b64(photos["dog2.jpg"]), b64(image)]},
-                             headers=auth(server), timeout=60)
+        return requests.post(
+            f"{url}/v1/models/{MODEL}:predict",
+            json={"instances": [b64(photos["dog2.jpg"]), b64(image)]},
+            headers=auth(server),
+            timeout=60,
+        )
 
     def good():
-        return requests.post(f"{url}/v2/models/{MODEL}/infer", data=good_body, timeout=60,
-                             headers={**auth(server), "Inference-Header-Content-Length": str(good_size)})
+        return requests.post(
+            f"{url}/v2/models/{MODEL}/infer",
+            data=good_body,
+            timeout=60,
+            headers={**auth(server), "Inference-Header-Content-Length": str(good_size)},
+        )
 
     failures = []
     cases = _image_cases(photos["dog1.jpg"])
     assert len(cases) >= 20
     with ThreadPoolExecutor(4) as pool:
         for case in cases:
-            sent = {"oip": pool.submit(oip_binary, case.body), "v1": pool.submit(kserve_v1, case.body),
-                    "good": pool.submit(good), "plain": pool.submit(server.post, MODEL, data=photos["croco.jpg"])}
+            sent = {
+                "oip": pool.submit(oip_binary, case.body),
+                "v1": pool.submit(kserve_v1, case.body),
+                "good": pool.submit(good),
+                "plain": pool.submit(server.post, MODEL, data=photos["croco.jpg"]),
+            }
             got = {k: f.result() for k, f in sent.items()}
             for protocol, where in (("oip", "input element 1 of 2"), ("v1", "instance 1 of 2")):
                 r = got[protocol]
@@ -134,7 +169,8 @@ def test_bad_image_corpus_is_isolated_in_every_protocol(server, photos):
                 failures.append((case.name, "neighbours", got["good"].status_code, got["plain"].status_code))
             else:
                 result = triton.InferResult.from_response_body(
-                    got["good"].content, header_length=int(got["good"].headers["Inference-Header-Content-Length"]))
+                    got["good"].content, header_length=int(got["good"].headers["Inference-Header-Content-Length"])
+                )
                 if first_labels(result) != ["Labrador retriever"]:
                     failures.append((case.name, "neighbour label", first_labels(result)))
     assert not failures, failures

@@ -76,10 +76,23 @@ def test_tsctl_predict_prints_labels(server, photos, tmp_path):
     from tests.conftest import IMAGES, ROOT
 
     out = subprocess.run(
-        [sys.executable, "-m", "tsctl.cli", "--inference-url", server.inference_url,
-         "--management-url", server.management_url, "--key-file", str(server.workdir / "key_file.json"),
-         "predict", MODEL, str(IMAGES / "kitten.jpg")],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "tsctl.cli",
+            "--inference-url",
+            server.inference_url,
+            "--management-url",
+            server.management_url,
+            "--key-file",
+            str(server.workdir / "key_file.json"),
+            "predict",
+            MODEL,
+            str(IMAGES / "kitten.jpg"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
     assert "tiger cat" in out.stdout.splitlines()[0].split(":", 1)[1].split(",")[0]
@@ -92,8 +105,12 @@ def test_ping_with_token(server):
 
 def test_models_load_from_the_model_store_only(server):
     key = server.keys.management
-    resp = requests.post(f"{server.management_url}/models", params={"url": "https://example.com/model.mar"},
-                         headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    resp = requests.post(
+        f"{server.management_url}/models",
+        params={"url": "https://example.com/model.mar"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
     assert resp.status_code in (400, 404) and "does not match any allowed URL" in resp.text, resp.text
     log = (server.workdir / "logs" / "ts_log.log").read_text(errors="replace")
     assert "can access any URL" not in log

@@ -9,7 +9,8 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import IMAGES, labelled_photos
 from tests.integration.conftest import MODEL
@@ -18,8 +19,9 @@ pytestmark = pytest.mark.integration
 GOOD = ["dog1.jpg", "croco.jpg"]
 # Text with at least one non-ASCII character; what HTTP can carry in a header is narrower
 UNICODE = st.text(min_size=1, max_size=40).filter(lambda t: not t.isascii())
-HEADER_TEXT = st.text(st.characters(min_codepoint=0x21, exclude_categories=("Cc", "Cs", "Zl", "Zp")),
-                      min_size=1, max_size=20).filter(lambda t: not t.isascii())
+HEADER_TEXT = st.text(
+    st.characters(min_codepoint=0x21, exclude_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=20
+).filter(lambda t: not t.isascii())
 
 
 EXPECTED_TYPE = {"json key": "missing_image_field", "json topk": "bad_topk", "header topk": "bad_topk"}
@@ -50,8 +52,12 @@ def bad_requests(server, text: str, header_text: str, photo: bytes) -> dict:
 
 # No shrinking: each example is a round trip through TorchServe, and a worker that died
 # takes seconds to come back; the failing text is reported as generated.
-@settings(max_examples=12, deadline=None, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(text=UNICODE, header_text=HEADER_TEXT)
 def test_unicode_in_any_field_is_refused_alone_and_never_restarts_the_worker(server, text, header_text):
     pids = server.worker_pids(MODEL)
