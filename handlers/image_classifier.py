@@ -16,9 +16,11 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.metrics import HandlerMetrics
-from handlers.model.checkpoint import load_classifier
+from handlers.model.checkpoint import load_classifier, read_info
 from handlers.model.device import select_device, single_threaded_torch
-from handlers.model.engine import Engine
+from handlers.model.reference import FILE as REFERENCE_FILE
+from handlers.model.reference import ReferenceSet
+from handlers.model.selection import choose_engine
 from handlers.request.answers import top_k
 from handlers.request.batch import Batch
 from handlers.request.budget import DecodeBudget, release_freed_memory
@@ -43,12 +45,19 @@ class ImageClassifier(BaseHandler):
         self.device = select_device(props.get("gpu_id"))
         if self.device.type == "cpu" and s.cpu_threads:
             torch.set_num_threads(s.cpu_threads)
-        artifact = Path(props["model_dir"]) / context.manifest["model"]["serializedFile"]
-        load = time.perf_counter()
-        model, self.info = load_classifier(artifact, self.device, s.enabled("channels_last"), s.trust_program)
-        self.start_s["load_model"] = round(time.perf_counter() - load, 2)
-        self.engine = Engine(
-            model, self.info.recipe, self.device, int(props.get("batch_size") or 1), s.engine_options()
+        model_dir = Path(props["model_dir"])
+        artifact = model_dir / context.manifest["model"]["serializedFile"]
+        self.info = read_info(artifact, s.trust_program)
+        onnx = model_dir / "model.onnx"
+        self.engine, self.selection = choose_engine(
+            self.info.recipe,
+            self.device,
+            int(props.get("batch_size") or 1),
+            s.engine_options(),
+            lambda: load_classifier(artifact, self.device, s.enabled("channels_last"), s.trust_program)[0],
+            onnx if onnx.exists() else None,
+            ReferenceSet.load(model_dir / REFERENCE_FILE),
+            model_dir / ".engine",
         )
         # The version TorchServe serves is the archive's (`--version`); the checkpoint's may differ.
         self.version = str(context.manifest["model"].get("modelVersion") or self.info.version)
@@ -64,7 +73,7 @@ class ImageClassifier(BaseHandler):
         self.metrics = HandlerMetrics(None, context.model_name)
         self.requests_served = 0
         self.ready_after_s = round(time.time() - started, 1)
-        self.start_s["prepare_engine"] = round(self.engine.prepare_ms / 1000, 2)
+        self.start_s["choose_engine"] = round(self.ready_after_s - self.start_s["imports"], 2)
         self.initialized = True
         logger.info(
             "ready %.1f s after the worker started: %s v%s on %s",
@@ -191,4 +200,5 @@ class ImageClassifier(BaseHandler):
             "start_s": self.start_s,
             "requests_served": self.requests_served,
             **self.engine.describe(),
+            "engine_selection": self.selection.to_dict(),
         }

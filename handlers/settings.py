@@ -20,8 +20,9 @@ class Settings:
     max_image_pixels: int = 50_000_000  # checked from the header, before decoding
     max_body_bytes: int = 24 * 1024 * 1024  # image bytes; TorchServe's max_request_size: 4/3 of this + 1 MiB
     max_images_per_request: int = 64  # images in one KServe v1 or OIP request
-    precision: str = "auto"  # auto (float16 autocast on CUDA, float32 on CPU), float32, float16, bfloat16
-    graph: str = "auto"  # auto (frozen on CPU in float32, eager otherwise), eager, freeze, compile
+    backend: str = "auto"  # auto (the fastest verified here), torch, onnxruntime, openvino
+    precision: str = "auto"  # auto (any that keeps the reference answers), float32, float16, bfloat16
+    graph: str = "auto"  # torch: auto (frozen on CPU in float32, eager otherwise), eager, freeze, compile
     cpu_threads: int = 0  # torch threads per CPU worker; 0 = OMP_NUM_THREADS if set, else one per core
     decode_threads: int = 0  # images of a batch decoded at once; 0 = one per torch thread of the worker
     quantize_int8: bool = False  # CPU only: dynamic int8 quantization of nn.Linear layers
@@ -71,6 +72,7 @@ class Settings:
 
     def engine_options(self) -> EngineOptions:
         return EngineOptions(
+            backend=self.backend,
             precision=self.precision,
             graph=self.graph,
             int8=self.quantize_int8,

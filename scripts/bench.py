@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -27,15 +28,11 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+from bench_alone import accuracy, model_alone, setups  # noqa: E402
 from bench_forms import FORMS, build_form  # noqa: E402
-from build_mar import build, model_config  # noqa: E402
+from build_mar import archive, model_config  # noqa: E402
 from stock_archive import build_stock_mar  # noqa: E402
 
-from handlers.model.checkpoint import load_classifier  # noqa: E402
-from handlers.model.engine import Engine, EngineOptions  # noqa: E402
-from handlers.model.recipe import normalize  # noqa: E402
-from handlers.request.decoding import decode_image  # noqa: E402
-from handlers.request.pixels import image_pixels, reference_pixels  # noqa: E402
 from tsctl.local_server import TorchServe  # noqa: E402
 
 SIZES = {"500x375": (500, 375), "12MP": (4000, 3000)}
@@ -78,91 +75,6 @@ def make_images(photos: Path, out: Path) -> dict[str, list[Path]]:
             img.crop((left, top, left + w, top + h)).save(path, quality=90)
             sets[size_name].append(path)
     return sets
-
-
-def model_alone_setups(checkpoint: Path, threads: int, batch: int = 8) -> list[tuple[str, object, torch.Tensor, int]]:
-    """(name, run, input, batch) for the bare network, without TorchServe or decoding.
-
-    The eager model (as the stock handler runs it) in each memory format and batch size, and
-    the handler's own engine (handlers/model/engine.py: frozen fused graph, static padding,
-    passes of CPU_CHUNK, streams) on a full batch of uint8 pixels, as served and with one of
-    its optimisations off, so "best" is the fastest way to run this network here, and the
-    rows show what each optimisation of the engine buys.
-    """
-    torch.set_num_threads(threads)
-    setups = []
-    for channels_last in (False, True):
-        model, info = load_classifier(checkpoint, torch.device("cpu"), channels_last)
-        for n in (1, 2, 4, 8, 16):
-            with torch.inference_mode():
-                x = torch.randn(n, 3, *info.recipe.crop_hw)
-                x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-            setups.append((f"eager {'channels_last' if channels_last else 'contiguous'} batch {n}", model, x, n))
-    variants = {
-        "engine as served": EngineOptions(),
-        "engine, eager graph": EngineOptions(graph="eager"),
-        "engine, no oneDNN fusion": EngineOptions(onednn_fusion=False),
-        "engine, run-time padding": EngineOptions(static_padding=False),
-        "engine, one multi-threaded pass": EngineOptions(cpu_streams=False),
-    }
-    for name, options in variants.items():
-        model, info = load_classifier(checkpoint, torch.device("cpu"), options.channels_last)
-        engine = Engine(model, info.recipe, torch.device("cpu"), batch, options)
-        pixels = torch.randint(0, 256, (batch, 3, *info.recipe.crop_hw), dtype=torch.uint8)
-        setups.append((f"{name} (batch {batch})", engine.run, pixels, batch))
-    return setups
-
-
-def model_alone(setups, seconds: float) -> dict[str, float]:
-    """img/s of each setup, timed for `seconds` after 3 untimed runs."""
-    results = {}
-    with torch.inference_mode():
-        for name, run, x, batch in setups:
-            for _ in range(3):
-                run(x)
-            n, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                run(x)
-                n += batch
-            results[name] = n / (time.perf_counter() - start)
-    return results
-
-
-def accuracy(checkpoint: Path, photos: Path, image_sets: dict) -> list[dict]:
-    """Top-1 of the float32 reference pipeline (full decode, Pillow resize, eager model) vs what
-    the handler serves on CPU (handlers.request.pixels.image_pixels, then its engine)."""
-    model, info = load_classifier(checkpoint, torch.device("cpu"))
-    served_model, _ = load_classifier(checkpoint, torch.device("cpu"), True)
-    engine = Engine(served_model, info.recipe, torch.device("cpu"), 1)
-    labels = json.loads((photos / "labels.json").read_text())
-    rows = []
-
-    def reference(data: bytes):
-        x = normalize(reference_pixels(decode_image(data, 10**9), info.recipe)[None], info.recipe)
-        with torch.inference_mode():
-            p = model(x).softmax(1)[0]
-        return int(p.argmax()), float(p.max())
-
-    def served(data: bytes):
-        p = engine.run(image_pixels(data, 10**9, info.recipe)[None]).logits.softmax(1)[0]
-        return int(p.argmax()), float(p.max())
-
-    for size_name, paths in [("original", sorted(photos.glob("*.jpg")))] + list(image_sets.items()):
-        for path in paths:
-            data = path.read_bytes()
-            (ref_i, ref_p), (served_i, served_p) = reference(data), served(data)
-            rows.append(
-                {
-                    "size": size_name,
-                    "photo": path.name,
-                    "reference": info.labels[ref_i],
-                    "served": info.labels[served_i],
-                    "same_top1": ref_i == served_i,
-                    "acceptable": labels.get(path.name),
-                    "prob_shift": served_p - ref_p,
-                }
-            )
-    return rows
 
 
 def run_wrk(
@@ -236,7 +148,7 @@ def parse_env(text: str) -> tuple[str, str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "build" / "efficientnet_lite0.pt")
-    parser.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "images")
+    parser.add_argument("--photos", type=Path, default=ROOT / "samples", help="photos (JPEG) the images are made of")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
     parser.add_argument("--duration", type=int, default=15, help="seconds per load run")
     parser.add_argument("--concurrency", default="1,8,16")
@@ -317,18 +229,23 @@ def main(argv=None) -> int:
             ],
         )
 
-    build(args.checkpoint, HANDLERS["ours"], "1.0", store, config(args.cpu_threads))
+    ours, _ = archive(args.checkpoint, HANDLERS["ours"], "1.0", store, config(args.cpu_threads))
     scaled_threads = args.scaled_threads or max(1, (os.cpu_count() or 1) // args.scaled_workers)
     if "ours_scaled" in handlers:
-        build(args.checkpoint, HANDLERS["ours_scaled"], "1.0", store, config(scaled_threads))
+        archive(args.checkpoint, HANDLERS["ours_scaled"], "1.0", store, config(scaled_threads))
     build_stock_mar(args.checkpoint, HANDLERS["stock"], store, args.batch_size, args.max_batch_delay)
     for name, overrides in args.variant:
         handlers[name] = f"bench_{name}"
-        build(args.checkpoint, handlers[name], "1.0", store, config(args.cpu_threads, overrides))
+        archive(args.checkpoint, handlers[name], "1.0", store, config(args.cpu_threads, overrides))
+    unpacked = args.out / "unpacked"  # this handler's archive as a worker sees it
+    shutil.rmtree(unpacked, ignore_errors=True)
+    with zipfile.ZipFile(ours) as mar:
+        mar.extractall(unpacked)
 
     print("top-1 agreement with the float32 reference pipeline ...")
-    agreement = accuracy(args.checkpoint, args.photos, image_sets)
-    setups = model_alone_setups(args.checkpoint, threads, args.batch_size)
+    agreement = accuracy(args.checkpoint, unpacked, args.photos, image_sets, args.out / "engine-cache" / "accuracy")
+    print("preparing the model-alone setups (every backend and precision) ...")
+    alone_setups = setups(args.checkpoint, unpacked, threads, args.batch_size, args.out / "engine-cache")
 
     server = TorchServe(
         args.out / "torchserve",
@@ -351,13 +268,13 @@ def main(argv=None) -> int:
         # spell on a shared host hits all of them; each figure is the median over rounds.
         total = args.repeats * (
             (len(image_sets) * len(handlers) * len(concurrencies) + len(forms)) * args.duration
-            + len(setups) * ALONE_SECONDS
+            + len(alone_setups) * ALONE_SECONDS
         )
         with tqdm(total=total, unit="s", desc="bench") as bar:
             for rep in range(args.repeats):
                 bar.set_postfix_str(f"round {rep + 1}: model alone")
-                alone_rounds.append(model_alone(setups, ALONE_SECONDS))
-                bar.update(len(setups) * ALONE_SECONDS)
+                alone_rounds.append(model_alone(alone_setups, ALONE_SECONDS))
+                bar.update(len(alone_setups) * ALONE_SECONDS)
                 for size_name, files in image_sets.items():
                     for handler, model in handlers.items():
                         for c in concurrencies:
@@ -390,6 +307,7 @@ def main(argv=None) -> int:
         "runs": median_runs(runs),
         "forms": median_runs(form_runs, key="form"),
         "worker_restart": restart,
+        "engine_selection": (restart or {}).pop("engine_selection", {}),
         "agreement": agreement,
         "raw": {"runs": runs, "form_runs": form_runs, "model_alone_rounds": alone_rounds},
         "settings": {
@@ -438,6 +356,7 @@ def worker_restart(server: TorchServe, model: str, kills: int = 2) -> dict:
         "kills": [round(t, 2) for t in times],
         "process_to_ready_s": health.get("ready_after_s"),
         "start_s": health.get("start_s"),
+        "engine_selection": health.get("engine_selection"),
     }
 
 

@@ -21,14 +21,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from handlers.model.checkpoint import assert_inference_ready, load_classifier  # noqa: E402
+from handlers.model.reference import FILE as REFERENCE_FILE  # noqa: E402
 from handlers.settings import Settings  # noqa: E402
+from modeltools.serving_extras import export_serving_onnx, reference_set  # noqa: E402
 
 PACKAGE = ROOT / "handlers"
 
 
-def validate(checkpoint: Path, settings: Settings, version: str) -> str:
-    """Load the checkpoint as the handler will and run one dummy batch; returns a summary line
-    naming the archive's `version` (what TorchServe serves) and the checkpoint's where it differs."""
+def validate(checkpoint: Path, settings: Settings, version: str) -> tuple[torch.nn.Module, object, str]:
+    """Load the checkpoint as the handler will and run one dummy batch -> (eager model, info, a
+    summary line naming the archive's `version` (what TorchServe serves) and the checkpoint's
+    where it differs)."""
     model, info = load_classifier(
         checkpoint, torch.device("cpu"), settings.enabled("channels_last"), settings.trust_program
     )
@@ -47,8 +50,28 @@ def validate(checkpoint: Path, settings: Settings, version: str) -> str:
         unsafe = " - WARNING: converted with --allow-unsafe-pickle (unsafe_source is recorded)"
     own = "" if info.version == version else f" (the checkpoint's own version: {info.version})"
     (h, w), mode = info.recipe.crop_hw, info.recipe.crop_mode
-    return (
+    summary = (
         f"{info.architecture} version {version}{own}, {len(info.labels)} classes, input {h}x{w} ({mode} crop){unsafe}"
+    )
+    return model, info, summary
+
+
+def serving_extras(model, info, stage: Path, reference_images: Path, onnx: bool) -> tuple[list[Path], str]:
+    """The reference photos and, with `onnx`, the ONNX file every other backend serves, in
+    `stage` -> (their paths, a line saying what the archive's backends will be)."""
+    reference = reference_set(model, info.recipe, reference_images)
+    reference.save(stage / REFERENCE_FILE)
+    if not onnx:
+        return [stage / REFERENCE_FILE], "backends: torch (--no-onnx)"
+    try:
+        verdict = export_serving_onnx(model, info.recipe, stage / "model.onnx", reference)
+    except ImportError as exc:
+        return [stage / REFERENCE_FILE], f"backends: torch (no ONNX file: {exc.name} is not installed)"
+    except Exception as exc:  # a model the exporters cannot take is still served by torch
+        return [stage / REFERENCE_FILE], f"backends: torch (no ONNX file: {type(exc).__name__}: {exc}"[:300] + ")"
+    return [stage / REFERENCE_FILE, stage / "model.onnx"], (
+        f"backends: torch, ONNX Runtime and OpenVINO where installed (ONNX file verified on "
+        f"{len(reference.names)} reference photos: top-1 {verdict['top1_agree']})"
     )
 
 
@@ -82,8 +105,10 @@ def build(
     config: dict,
     handler: Path = PACKAGE / "image_classifier.py",
     model_file: Path | None = None,
+    extras: tuple[Path, ...] = (),
 ) -> Path:
-    """Stage the handler package and config, then run torch-model-archiver."""
+    """Stage the handler package, config and `extras` (files for the archive's root), then run
+    torch-model-archiver."""
     export.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp)
@@ -91,6 +116,8 @@ def build(
         shutil.copytree(PACKAGE, extra / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         if model_file:  # TorchServe's eager convention: the model's class travels beside the handler
             shutil.copy(model_file, extra / model_file.name)
+        for path in extras:
+            shutil.copy(path, extra / path.name)
         config_file = stage / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         run_archiver(
@@ -133,6 +160,27 @@ def eager_checkpoint(
     return out
 
 
+def archive(
+    checkpoint: Path,
+    name: str,
+    version: str,
+    export: Path,
+    config: dict,
+    handler: Path = PACKAGE / "image_classifier.py",
+    model_file: Path | None = None,
+    reference_images: Path = ROOT / "samples",
+    onnx: bool = True,
+) -> tuple[Path, str]:
+    """Validate the checkpoint, write its reference photos and ONNX file, and archive it all ->
+    (the .mar, a summary of what it holds). ValueError, RuntimeError or FileNotFoundError for a
+    model that cannot be served as it is."""
+    model, info, summary = validate(checkpoint, Settings.from_model_yaml(config), version)
+    with tempfile.TemporaryDirectory() as tmp:
+        extras, backends = serving_extras(model, info, Path(tmp), reference_images, onnx)
+        mar = build(checkpoint, name, version, export, config, handler, model_file, tuple(extras))
+    return mar, f"{summary}\n  {backends}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, type=Path)
@@ -167,6 +215,14 @@ def main(argv=None) -> int:
         help="archive a TorchScript or torch.export file: loading one runs code from it, so only "
         "for files you trust (recorded in the archive, shown in health as unsafe_source)",
     )
+    parser.add_argument(
+        "--reference-images",
+        type=Path,
+        default=ROOT / "samples",
+        help="photos (up to 16) every backend is verified on before it serves; photos of your model's own "
+        "domain are best (default: the repository's samples/)",
+    )
+    parser.add_argument("--no-onnx", action="store_true", help="no ONNX file in the archive: it serves with torch")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -183,11 +239,20 @@ def main(argv=None) -> int:
                     args.version,
                     Path(tmp) / f"{args.model_name}.pt",
                 )
-            summary = validate(checkpoint, Settings.from_model_yaml(config), args.version)
+            mar, summary = archive(
+                checkpoint,
+                args.model_name,
+                args.version,
+                args.export_path,
+                config,
+                args.handler,
+                args.model_file,
+                args.reference_images,
+                not args.no_onnx,
+            )
         except (ValueError, RuntimeError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        mar = build(checkpoint, args.model_name, args.version, args.export_path, config, args.handler, args.model_file)
     print(f"wrote {mar}: {summary}")
     return 0
 

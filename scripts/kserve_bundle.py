@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from build_mar import build, model_config  # noqa: E402
+from build_mar import archive, model_config  # noqa: E402
 
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts the storageUri's content
 PORTS = {"inference": 8085, "management": 8081, "metrics": 8082, "grpc": 7070, "grpc_management": 7071}
@@ -93,7 +93,7 @@ def write_bundle(checkpoint: Path, name: str, version: str, out: Path, sets: lis
     shutil.rmtree(bundle, ignore_errors=True)
     (bundle / "config").mkdir(parents=True)
     config = model_config(ROOT / "model-config.yaml", sets)
-    build(checkpoint, name, version, bundle / "model-store", config)
+    archive(checkpoint, name, version, bundle / "model-store", config)
     (bundle / "config" / "config.properties").write_text(
         CONFIG.format(mount=MOUNT, **PORTS, **host_limits(), snapshot=snapshot(name, version, config, workers))
     )

@@ -77,3 +77,21 @@ def torchcodec_calls(monkeypatch):
 
         monkeypatch.setattr(decoding, name, counted)
     return calls
+
+
+@pytest.fixture(scope="session")
+def served_archive(default_checkpoint, tmp_path_factory) -> Path:
+    """The default model archived as `make mar` does (reference photos, ONNX file), unpacked
+    as TorchServe unpacks it for its workers."""
+    import zipfile
+
+    store = tmp_path_factory.mktemp("served-store")
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_mar.py"), "--checkpoint", str(default_checkpoint),
+         "--model-name", "served", "--export-path", str(store)],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    unpacked = tmp_path_factory.mktemp("served-model")
+    with zipfile.ZipFile(store / "served.mar") as mar:
+        mar.extractall(unpacked)
+    return unpacked

@@ -125,7 +125,7 @@ def test_compile_mode_compiles_every_batch_size_and_matches_eager():
 
 
 def test_a_graph_failing_at_warm_up_is_replaced_by_the_eager_model(default_checkpoint, tmp_path, monkeypatch):
-    import handlers.model.engine as ic
+    import handlers.model.torch_backend as ic
 
     class FailsFromBatchThree(nn.Module):
         def __init__(self, inner):

@@ -75,6 +75,14 @@ def _from_model_file(file_name: str, num_classes: int) -> nn.Module:
         return classes[0]()
 
 
+def read_info(path, trust_program: bool = False) -> ModelInfo:
+    """What a checkpoint or program says about its model, without building the model (a
+    program is loaded to read it, so it needs `trust_program` as load_classifier does)."""
+    if detect_format(path) == "checkpoint":
+        return read_checkpoint(path)[1]
+    return load_classifier(path, torch.device("cpu"), trust_program=trust_program)[1]
+
+
 def load_classifier(
     path, device: torch.device, channels_last: bool = False, trust_program: bool = False
 ) -> tuple[nn.Module, ModelInfo]:

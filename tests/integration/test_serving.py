@@ -65,7 +65,15 @@ def test_describe_customized_shows_handler_health(server):
 
         health = json.loads(health)
     assert health["architecture"] == "timm:tf_efficientnet_lite0"
-    assert health["device"] == "cpu" and health["graph"] == "frozen" and health["warmup_ms"] > 0
+    assert health["device"] == "cpu" and health["warmup_ms"] > 0
+    # the fastest backend that keeps the reference photos' answers serves, and health says why
+    selection = health["engine_selection"]
+    assert selection["chosen"] == f"{health['backend']}/{health['precision']}"
+    candidates = selection["candidates"]
+    assert {"torch/float32", "onnxruntime/float32", "openvino/float32"} <= set(candidates)
+    verified = {label: c["ms_per_image"] for label, c in candidates.items() if c.get("verified")}
+    assert candidates["torch/float32"]["verified"] and candidates["onnxruntime/float32"]["top1_agree"] == "8/8"
+    assert selection["chosen"] == min(verified, key=verified.get)
     assert health["model_version"] == desc["modelVersion"] == "1.0"
     assert 0 < health["ready_after_s"] < 120  # seconds from the worker process's start to ready
 

@@ -1,0 +1,65 @@
+"""The archive's reference photos: what every backend is verified against before it may serve.
+
+Written at archive time by scripts/build_mar.py: real photos decoded exactly as the handler
+serves them (uint8 crops of the recipe) and the eager float32 model's logits on them. A backend
+or precision is verified when it gives every photo the same top-1 and each probability within
+TOLERANCE of the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+FILE = "reference.pt"
+# Largest change of any probability a backend may show against eager float32: float32 runtimes
+# differ by rounding only; reduced precisions (bfloat16, float16) by their mantissa.
+TOLERANCE = {"float32": 1e-3, "bfloat16": 0.03, "float16": 0.03}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    top1_agree: int
+    images: int
+    max_prob_diff: float
+    tolerance: float
+
+    @property
+    def verified(self) -> bool:
+        return self.top1_agree == self.images and self.max_prob_diff <= self.tolerance
+
+    def to_dict(self) -> dict:
+        return {
+            "verified": self.verified,
+            "top1_agree": f"{self.top1_agree}/{self.images}",
+            "max_prob_diff": round(self.max_prob_diff, 6),
+            "tolerance": self.tolerance,
+        }
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    pixels: torch.Tensor  # uint8 [G, 3, H, W], as served
+    logits: torch.Tensor  # float32 [G, classes], eager float32
+    names: tuple[str, ...]
+
+    @classmethod
+    def load(cls, path) -> ReferenceSet | None:
+        """The set in `path`, or None when the archive carries none (weights_only: tensors and names)."""
+        path = Path(path)
+        if not path.exists():
+            return None
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(doc["pixels"], doc["logits"].float(), tuple(doc["names"]))
+
+    def save(self, path) -> None:
+        torch.save({"pixels": self.pixels.contiguous(), "logits": self.logits, "names": list(self.names)}, path)
+
+    def judge(self, logits: torch.Tensor, precision: str) -> Verdict:
+        """How `logits` (a backend's, on `pixels`) compare with the reference's."""
+        expected, actual = torch.softmax(self.logits, 1), torch.softmax(logits.float().cpu(), 1)
+        agree = int((expected.argmax(1) == actual.argmax(1)).sum())
+        diff = float((expected - actual).abs().max())
+        return Verdict(agree, len(self.pixels), diff, TOLERANCE[precision])

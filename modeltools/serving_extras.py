@@ -1,0 +1,90 @@
+"""What an archive carries beside its checkpoint so that every backend can serve it: the
+reference photos (handlers/model/reference.py) and an ONNX file for ONNX Runtime and OpenVINO
+(handlers/model/onnx_backends.py), checked against each other before either is written."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from handlers.model.padding import make_static
+from handlers.model.recipe import Recipe, normalize
+from handlers.model.reference import ReferenceSet
+from handlers.request.pixels import image_pixels
+
+logger = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_REFERENCE_IMAGES = 16
+MAX_PIXELS = 50_000_000
+
+
+def reference_set(model: nn.Module, recipe: Recipe, folder: Path) -> ReferenceSet:
+    """Up to MAX_REFERENCE_IMAGES photos of `folder`, decoded as served, and the eager float32
+    model's logits on them."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_REFERENCE_IMAGES]
+    if not files:
+        raise ValueError(f"no photos in {folder} to verify the backends with (--reference-images names a folder)")
+    pixels = torch.stack([image_pixels(f.read_bytes(), MAX_PIXELS, recipe) for f in files])
+    with torch.inference_mode():
+        logits = model(normalize(pixels, recipe)).float()
+    return ReferenceSet(pixels, logits, tuple(f.name for f in files))
+
+
+class Normalized(nn.Module):
+    """The model with the recipe's normalisation in front: uint8 pixels in, logits out."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(recipe.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(recipe.std).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model((pixels.float() / 255.0 - self.mean) / self.std)
+
+
+def export_serving_onnx(model: nn.Module, recipe: Recipe, path: Path, reference: ReferenceSet) -> dict:
+    """uint8 [N, 3, H, W] -> logits as ONNX, batch dynamic, TF-'SAME' padding made static first
+    (`model` is changed in place); written only if ONNX Runtime gives the reference's top-1 on
+    every photo and its probabilities within float32 rounding. Returns the verdict."""
+    make_static(model, recipe.crop_hw)
+    module = Normalized(model, recipe).eval()
+    example = reference.pixels[:2]
+    try:  # the TorchScript-based exporter takes a second; the dynamo one is the fallback
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=False,
+                input_names=["pixels"],
+                output_names=["logits"],
+                dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17,
+            )
+    except Exception as exc:
+        logger.info("TorchScript-based ONNX export failed (%s); exporting with torch.export", exc)
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            input_names=["pixels"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+        )
+        program.save(str(path))
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"pixels": reference.pixels.numpy()})
+    verdict = reference.judge(torch.from_numpy(logits), "float32")
+    if not verdict.verified:
+        Path(path).unlink()
+        raise ValueError(f"the ONNX export does not match the eager model on the reference photos: {verdict.to_dict()}")
+    return verdict.to_dict()
