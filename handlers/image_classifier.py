@@ -7,12 +7,20 @@ Absolute imports on purpose: in a .mar this file sits at the archive root beside
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 import torch
+
+# TorchServe's base_handler imports openvino.torch when OpenVINO is installed, only to register
+# OpenVINO as a torch.compile backend, which this handler never uses (it calls OpenVINO's own
+# runtime: handlers/model/onnx_backends.py). That import pulls in torch._dynamo and costs about
+# two seconds of every worker start; base_handler then notes "OpenVINO is not enabled" for
+# torch.compile, which is true and harmless here.
+sys.modules.setdefault("openvino.torch", None)
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.metrics import HandlerMetrics
