@@ -4,8 +4,6 @@ reference photos (handlers/model/reference.py) and an ONNX file for ONNX Runtime
 
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 
 import torch
@@ -15,8 +13,8 @@ from handlers.model.padding import make_static
 from handlers.model.recipe import Recipe, normalize
 from handlers.model.reference import ReferenceSet
 from handlers.request.pixels import image_pixels
+from modeltools.onnx_export import write_onnx
 
-logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_REFERENCE_IMAGES = 16
 MAX_PIXELS = 50_000_000
@@ -53,32 +51,7 @@ def export_serving_onnx(model: nn.Module, recipe: Recipe, path: Path, reference:
     every photo and its probabilities within float32 rounding. Returns the verdict."""
     make_static(model, recipe.crop_hw)
     module = Normalized(model, recipe).eval()
-    example = reference.pixels[:2]
-    try:  # the TorchScript-based exporter takes a second; the dynamo one is the fallback
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                dynamo=False,
-                input_names=["pixels"],
-                output_names=["logits"],
-                dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
-                opset_version=17,
-            )
-    except Exception as exc:
-        logger.info("TorchScript-based ONNX export failed (%s); exporting with torch.export", exc)
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        program = torch.onnx.export(
-            module,
-            (example,),
-            dynamo=True,
-            input_names=["pixels"],
-            output_names=["logits"],
-            dynamic_shapes=({0: batch},),
-        )
-        program.save(str(path))
+    write_onnx(module, reference.pixels[:2], path, "pixels", "logits")
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

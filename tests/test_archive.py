@@ -26,6 +26,7 @@ def build(tmp_path, checkpoint, *extra):
             "2.0",
             "--export-path",
             str(tmp_path / "store"),
+            "--no-onnx",
             *extra,
         ],
         capture_output=True,
@@ -55,7 +56,8 @@ def test_archive_is_self_contained(tmp_path):
         "handlers/request/pixels.py",
         "handlers/model/engine.py",
         "handlers/model/checkpoint.py",
-    } <= names
+        "reference.pt",  # the photos every backend is verified on; no model.onnx with --no-onnx
+    } <= names and "model.onnx" not in names
     assert not any("__pycache__" in n or n.startswith("modeltools/") for n in names)  # offline tools stay out
     assert manifest["model"]["modelVersion"] == "2.0" and manifest["model"]["handler"] == "image_classifier.py"
     assert config["batchSize"] == 4 and config["handler"]["topk"] == 2
@@ -79,3 +81,25 @@ def test_mismatched_labels_fail_at_archive_time(tmp_path):
 def test_unknown_handler_setting_fails_at_archive_time(tmp_path):
     out = build(tmp_path, tiny_checkpoint(tmp_path / "tiny.pt"), "--set", "handler.topK=3")
     assert out.returncode == 2 and "unknown handler settings" in out.stderr
+
+
+def test_the_archive_carries_its_reference_photos_and_a_verified_onnx_file(served_archive):
+    import onnxruntime
+    import torch
+
+    from handlers.model.reference import ReferenceSet
+
+    reference = ReferenceSet.load(served_archive / "reference.pt")
+    assert reference.names == tuple(sorted(p.name for p in (ROOT / "samples").glob("*.jpg")))
+    assert reference.pixels.shape == (8, 3, 224, 224) and reference.pixels.dtype == torch.uint8
+    session = onnxruntime.InferenceSession(str(served_archive / "model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"pixels": reference.pixels.numpy()})  # uint8 in: the recipe is inside
+    assert torch.equal(torch.from_numpy(logits).argmax(1), reference.logits.argmax(1))
+    labels = [read_info_labels(served_archive)[i] for i in reference.logits.argmax(1)]
+    assert labels[reference.names.index("dog1.jpg")] == "Labrador retriever"
+
+
+def read_info_labels(archive):
+    from handlers.model.checkpoint import read_info
+
+    return read_info(archive / "efficientnet_lite0.pt").labels

@@ -135,11 +135,12 @@ def test_programs_are_code_and_load_only_when_trusted(fmt, exported, tmp_path):
     with pytest.raises(ValueError, match="runs code from the file.*--trust-program"):
         load_handler(exported[fmt], tmp_path)
     refused = script(
-        "build_mar.py", "--checkpoint", exported[fmt], "--model-name", "p", "--export-path", tmp_path / "s"
+        "build_mar.py", "--no-onnx", "--checkpoint", exported[fmt], "--model-name", "p", "--export-path", tmp_path / "s"
     )
     assert refused.returncode == 2 and "--trust-program" in refused.stderr and not (tmp_path / "s").exists()
     trusted = script(
         "build_mar.py",
+        "--no-onnx",
         "--checkpoint",
         exported[fmt],
         "--model-name",
@@ -198,6 +199,7 @@ def test_eager_model_file_convention_is_archived_and_served(tmp_path, photos):
     tiny_eager(tmp_path)
     out = script(
         "build_mar.py",
+        "--no-onnx",
         "--checkpoint",
         tmp_path / "weights.pth",
         "--model-file",
@@ -226,6 +228,7 @@ def test_eager_model_file_needs_labels_and_recipe(tmp_path):
     tiny_eager(tmp_path)
     out = script(
         "build_mar.py",
+        "--no-onnx",
         "--checkpoint",
         tmp_path / "weights.pth",
         "--model-file",
@@ -274,6 +277,13 @@ def test_unsafe_opt_in_is_recorded(tmp_path):
     assert allowed.returncode == 0, allowed.stderr
     assert read_checkpoint(tmp_path / "m.pt")[1].unsafe_source is True
     archived = script(
-        "build_mar.py", "--checkpoint", tmp_path / "m.pt", "--model-name", "m", "--export-path", tmp_path / "s"
+        "build_mar.py",
+        "--no-onnx",
+        "--checkpoint",
+        tmp_path / "m.pt",
+        "--model-name",
+        "m",
+        "--export-path",
+        tmp_path / "s",
     )
     assert archived.returncode == 0 and "unsafe_source is recorded" in archived.stdout

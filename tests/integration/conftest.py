@@ -25,7 +25,9 @@ def pytest_collection_modifyitems(items):
 METRICS_YAML = ROOT / "metrics.yaml"
 
 
-def build_mar(checkpoint, store, name, version="1.0", sets=(), handler=None):
+def build_mar(checkpoint, store, name, version="1.0", sets=(), handler=None, onnx=False):
+    """`make mar` for a test. Without `onnx` the archive serves with torch alone: tests of
+    anything but the backends skip the export and the backend selection at load."""
     cmd = [
         sys.executable,
         str(ROOT / "scripts" / "build_mar.py"),
@@ -40,6 +42,8 @@ def build_mar(checkpoint, store, name, version="1.0", sets=(), handler=None):
     ]
     if handler:
         cmd += ["--handler", str(handler)]
+    if not onnx:
+        cmd.append("--no-onnx")
     for s in sets:
         cmd += ["--set", s]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -55,7 +59,7 @@ def bare(tmp_path_factory):
 def server(default_checkpoint, bare, tmp_path_factory):
     """Batches of up to 8 gathered for 300 ms, so concurrent requests share a batch."""
     store = tmp_path_factory.mktemp("model-store")
-    build_mar(default_checkpoint, store, MODEL, sets=["batchSize=8", "maxBatchDelay=300"])
+    build_mar(default_checkpoint, store, MODEL, sets=["batchSize=8", "maxBatchDelay=300"], onnx=True)
     ts = TorchServe(
         tmp_path_factory.mktemp("ts"), store, f"{MODEL}.mar", python=bare, extra_config={"metrics_config": METRICS_YAML}
     )

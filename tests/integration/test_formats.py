@@ -24,6 +24,7 @@ def test_every_format_serves_the_labelled_photos(exported, tmp_path, bare):
     tiny = tiny_eager(tmp_path)
     out = script(
         "build_mar.py",
+        "--no-onnx",
         "--checkpoint",
         tmp_path / "weights.pth",
         "--model-file",
