@@ -22,7 +22,7 @@ CPU_THREADS ?=
 # make bench BENCH_ARGS="--handlers ours --sizes 500x375" SERVE_OMP_ENV=OMP_WAIT_POLICY=PASSIVE.
 SERVE_OMP_ENV ?= GOMP_SPINCOUNT=10000
 
-.PHONY: serve stop mar test bench install java wrk clean kserve-bundle image soak
+.PHONY: serve stop mar test bench install java wrk clean kserve-bundle kserve-wrapper image soak
 
 install: $(VENV)/.installed
 
@@ -75,7 +75,7 @@ IMAGE_TAG ?= 0.1.0
 GPU ?=
 image:
 	@command -v docker >/dev/null || { echo "make image needs docker (https://docs.docker.com/engine/install/)."; exit 1; }
-	docker build -f deploy/image/Dockerfile $(if $(GPU),--build-arg BASE_IMAGE=pytorch/torchserve-kfs:0.12.0-gpu) \
+	docker build -f deploy/image/Dockerfile $(if $(GPU),--build-arg TORCH_INDEX=https://pypi.org/simple) \
 	  -t $(IMAGE):$(IMAGE_TAG)$(if $(GPU),-gpu,-cpu) .
 
 serve: install java $(DEFAULT_MAR)
@@ -117,7 +117,26 @@ soak: install java $(DEFAULT_MAR)
 stop:
 	-$(VENV)/bin/torchserve --stop
 
-test: install java $(DEFAULT_MAR)
+# KServe's TorchServe wrapper in its own environment, built as the serving image builds it
+# (deploy/image/kserve-wrapper.sh), for the pod-path test (tests/integration/test_kserve_pod.py),
+# from the wrapper's sources (TorchServe v0.12.0's) beside this checkout when they are there; the
+# test is skipped, saying why, when they are not.
+WRAPPER_SRC ?= ../shared/kserve/torchserve-kfs
+kserve-wrapper:
+	@if [ -f build/kserve-wrapper/.ready ]; then exit 0; fi; \
+	if [ ! -d $(WRAPPER_SRC)/kserve_wrapper ]; then \
+	  echo "No KServe wrapper sources at $(WRAPPER_SRC): the pod-path test will be skipped."; exit 0; fi; \
+	if ! command -v protoc >/dev/null || ! command -v grpc_python_plugin >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q protobuf-compiler protobuf-compiler-grpc >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q protobuf-compiler protobuf-compiler-grpc >/dev/null; }; \
+	  else echo "The pod-path test needs protoc (Debian: apt-get install protobuf-compiler protobuf-compiler-grpc)."; exit 1; fi; fi; \
+	mkdir -p build; \
+	bash deploy/image/kserve-wrapper.sh $(WRAPPER_SRC) build/kserve-wrapper > build/kserve-wrapper.log 2>&1 \
+	  || { tail -20 build/kserve-wrapper.log; exit 1; }; \
+	touch build/kserve-wrapper/.ready
+
+test: install java $(DEFAULT_MAR) kserve-wrapper
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ Absolute imports on purpose: in a .mar this file sits at the archive root beside
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -76,7 +77,8 @@ class ImageClassifier(BaseHandler):
             s.decode_threads or torch.get_num_threads(), thread_name_prefix="decode", initializer=single_threaded_torch
         )
         self.budget = DecodeBudget(s.max_image_pixels)  # one image at the pixel limit decodes at a time
-        self.limits = s.limits(len(self.info.labels))
+        # KServe's runtime sets TS_SERVICE_ENVELOPE in its pods; its wrapper there parses every answer as JSON
+        self.limits = s.limits(len(self.info.labels), behind_kserve=bool(os.environ.get("TS_SERVICE_ENVELOPE")))
         self.device_decode = self.device.type == "cuda" and s.device_decode
         self.metrics = HandlerMetrics(None, context.model_name)
         self.requests_served = 0

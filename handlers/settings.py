@@ -60,14 +60,16 @@ class Settings:
     def enabled(self, optimization: str) -> bool:
         return optimization not in self.disable
 
-    def limits(self, labels: int) -> Limits:
-        """What one request may hold and ask for, with a model of `labels` classes."""
+    def limits(self, labels: int, behind_kserve: bool = False) -> Limits:
+        """What one request may hold and ask for, with a model of `labels` classes; behind
+        KServe's wrapper, which parses every answer as JSON, no binary outputs."""
         return Limits(
             self.max_body_bytes,
             self.max_images_per_request,
             self.max_image_pixels,
             self.topk,
             min(self.max_topk, labels),
+            binary_outputs=not behind_kserve,
         )
 
     def engine_options(self) -> EngineOptions:

@@ -25,12 +25,16 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from build_mar import archive, model_config  # noqa: E402
 
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts the storageUri's content
-PORTS = {"inference": 8085, "management": 8081, "metrics": 8082, "grpc": 7070, "grpc_management": 7071}
+# KServe's wrapper owns 8080 (REST) and 8081 (gRPC) in the pod: none of TorchServe's ports may take them.
+WRAPPER_PORTS = (8080, 8081)
+PORTS = {"inference": 8085, "management": 8086, "metrics": 8082, "grpc": 7070, "grpc_management": 7071}
 
 CONFIG = """\
 # TorchServe inside a KServe pod, behind KServe's wrapper (made by `make kserve-bundle`).
 # KServe starts: torchserve --start --model-store={mount}/model-store --ts-config={mount}/config/config.properties
-# Its wrapper listens on 8080 and forwards KServe v1 and v2 to the inference address below.
+# then its wrapper, which listens on 8080 (REST) and 8081 (gRPC) and forwards to the addresses below
+# (REST to the inference address, gRPC to the gRPC inference port); no port here may be 8080 or 8081.
+model_store={mount}/model-store
 inference_address=http://127.0.0.1:{inference}
 management_address=http://127.0.0.1:{management}
 grpc_inference_address=127.0.0.1
@@ -88,14 +92,18 @@ def snapshot(name: str, version: str, config: dict, workers: int) -> str:
     )
 
 
-def write_bundle(checkpoint: Path, name: str, version: str, out: Path, sets: list[str], workers: int = 1) -> Path:
+def write_bundle(
+    checkpoint: Path, name: str, version: str, out: Path, sets: list[str], workers: int = 1, mount: str = MOUNT
+) -> Path:
+    """The bundle in out/NAME, its config naming `mount` as where the storageUri is mounted."""
+    assert not set(PORTS.values()) & set(WRAPPER_PORTS), "TorchServe's ports must leave the wrapper's free"
     bundle = out / name
     shutil.rmtree(bundle, ignore_errors=True)
     (bundle / "config").mkdir(parents=True)
     config = model_config(ROOT / "model-config.yaml", sets)
     archive(checkpoint, name, version, bundle / "model-store", config)
     (bundle / "config" / "config.properties").write_text(
-        CONFIG.format(mount=MOUNT, **PORTS, **host_limits(), snapshot=snapshot(name, version, config, workers))
+        CONFIG.format(mount=mount, **PORTS, **host_limits(), snapshot=snapshot(name, version, config, workers))
     )
     shutil.copy(ROOT / "metrics.yaml", bundle / "config" / "metrics.yaml")
     return bundle
@@ -115,12 +123,16 @@ def main(argv=None) -> int:
         metavar="KEY=VALUE",
         help="model-config.yaml overrides, as build_mar.py takes them (batchSize=16)",
     )
+    parser.add_argument("--mount", default=MOUNT, help="where the pod mounts the storageUri (KServe: /mnt/models)")
     args = parser.parse_args(argv)
-    bundle = write_bundle(args.checkpoint, args.model_name, args.version, args.out, args.set, args.workers)
+    bundle = write_bundle(args.checkpoint, args.model_name, args.version, args.out, args.set, args.workers, args.mount)
     print(f"KServe storage bundle: {bundle}")
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
         print(f"  {path.relative_to(bundle)}  ({path.stat().st_size:,} bytes)")
-    print(f"Upload its content to your storageUri, e.g.: aws s3 cp --recursive {bundle} s3://BUCKET/{args.model_name}/")
+    print(
+        f"Upload its content to the storageUri of the InferenceService, e.g.: aws s3 cp --recursive {bundle} "
+        f"s3://BUCKET/{args.model_name}/v{args.version}/"
+    )
     return 0
 
 

@@ -4,7 +4,12 @@ KServe object validates against KServe's own CRD schema with unknown fields refu
 alone lets a misspelt key through) and names a known protocol; every other object passes
 kubernetes-validate in strict mode, warnings counted as failures.
 
-    .venv/bin/python scripts/validate_deploy.py [--crds ../shared/kserve] [DIR ...]
+    .venv/bin/python scripts/validate_deploy.py --crds DIR [KUSTOMIZATION ...]
+
+DIR holds KServe's CRD files, as its repository publishes them under config/crd/full/:
+    mkdir -p crds && for f in inferenceservices servingruntimes clusterservingruntimes; do
+      curl -fsSL -o crds/serving.kserve.io_$f.yaml \
+        https://raw.githubusercontent.com/kserve/kserve/master/config/crd/full/serving.kserve.io_$f.yaml; done
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ import jsonschema
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CRDS = ROOT.parent / "shared" / "kserve"
 KSERVE_KINDS = {
     "InferenceService": "serving.kserve.io_inferenceservices.yaml",
     "ServingRuntime": "serving.kserve.io_servingruntimes.yaml",
@@ -119,7 +123,7 @@ def core_errors(obj: dict) -> list[str]:
     return [f"warning: {w.message}" for w in caught]
 
 
-def check(directory: Path, crds: Path = DEFAULT_CRDS) -> list[str]:
+def check(directory: Path, crds: Path) -> list[str]:
     """Every problem in one kustomization, as 'Kind/name: problem' lines (none: it is valid)."""
     problems = []
     for obj in render(directory):
@@ -132,8 +136,16 @@ def check(directory: Path, crds: Path = DEFAULT_CRDS) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="*", type=Path, help="kustomization folders (default: all under deploy/)")
-    parser.add_argument("--crds", type=Path, default=DEFAULT_CRDS, help="folder of KServe's CRD files")
+    parser.add_argument(
+        "--crds",
+        type=Path,
+        required=True,
+        help="folder of KServe's CRD files (config/crd/full/ of KServe's repository)",
+    )
     args = parser.parse_args(argv)
+    missing = [f for f in KSERVE_KINDS.values() if not (args.crds / f).exists()]
+    if missing:
+        parser.error(f"{args.crds} lacks {missing}: fetch them as this script's docstring shows")
     failed = False
     for directory in args.dirs or kustomizations():
         problems = check(directory, args.crds)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT
 
@@ -43,6 +44,8 @@ def test_the_overlays_change_what_they_say(base_objects):
     gpu = {o["kind"]: o for o in vd.render(ROOT / "deploy" / "kserve" / "overlays" / "gpu")}["InferenceService"]
     model = gpu["spec"]["predictor"]["model"]
     assert model["resources"]["limits"]["nvidia.com/gpu"] == "1" and model["runtimeVersion"].endswith("-gpu")
+    images = yaml.safe_load((ROOT / "deploy" / "kserve" / "base" / "kustomization.yaml").read_text())["images"]
+    assert model["runtimeVersion"] == images[0]["newTag"].replace("-cpu", "-gpu")  # the tag `make image GPU=1` pushes
     canary = {o["kind"]: o for o in vd.render(ROOT / "deploy" / "kserve" / "overlays" / "canary")}["InferenceService"]
     assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 10
     assert (
@@ -107,26 +110,19 @@ def test_dockerfile_is_hadolint_clean(tmp_path):
     assert flagged.returncode != 0 and "DL3007" in flagged.stdout and "DL3013" in flagged.stdout
 
 
-def _requirements(lines) -> dict[str, str]:
-    out = {}
-    for line in lines:
-        line = line.split("#")[0].strip()
-        for op in ("==", ">="):
-            if op in line:
-                name, version = line.split(op, 1)
-                out[name.strip().split("[")[0].lower()] = op + version.strip()
-    return out
-
-
-def test_the_image_pins_what_setup_cfg_pins():
+def test_the_image_runs_the_stack_setup_cfg_pins_and_the_wrapper_apart():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
-    setup = _requirements(cfg["options"]["install_requires"].splitlines())
-    image = _requirements((ROOT / "deploy" / "image" / "requirements.txt").read_text().splitlines())
-    assert image and {name: setup.get(name) for name in image} == image
+    pins = [line.split("#")[0].strip() for line in cfg["options"]["install_requires"].splitlines()]
     dockerfile = (ROOT / "deploy" / "image" / "Dockerfile").read_text()
-    assert "ARG BASE_IMAGE=pytorch/torchserve-kfs:0.12.0\n" in dockerfile
-    assert dockerfile.rstrip().splitlines()[-1] == "USER 1000"  # the base image's model-server user
+    torch = [p for p in pins if p.startswith(("torch==", "torchvision=="))]
+    assert len(torch) == 2 and f"pip install --no-cache-dir {' '.join(torch)} --index-url" in dockerfile
+    assert "/opt/ts/bin/pip install --no-cache-dir ." in dockerfile  # the rest as setup.cfg pins it
+    assert "kserve-wrapper.sh /tmp/wrapper-src /opt/kserve-wrapper" in dockerfile  # as the pod test builds it
+    assert "kserve[storage]==0.13.0" in (ROOT / "deploy" / "image" / "kserve-wrapper.sh").read_text()
+    assert dockerfile.rstrip().splitlines()[-1] == "USER 1000"  # the uid KServe's runtime runs it as
+    entrypoint = (ROOT / "deploy" / "image" / "entrypoint.sh").read_text()
+    assert 'eval "$@"' in entrypoint and "exec /opt/kserve-wrapper/venv/bin/python __main__.py" in entrypoint
 
 
 def test_every_shipped_config_limits_allowed_urls():

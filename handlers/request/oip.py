@@ -23,6 +23,10 @@ from .request import OIP, OUTPUTS, Limits, Request, element
 
 DATATYPES = {"label": "BYTES", "probability": "FP32", "index": "INT64"}
 _STRUCT = {"probability": "f", "index": "q"}
+WRAPPER_HINT = (
+    " (Behind KServe's TorchServe wrapper with protocolVersion grpc-v2, only the first image of a gRPC request"
+    " reaches the model: send one image per gRPC request.)"
+)
 
 
 def parse(doc: dict, binary: memoryview | None, limits: Limits, topk_header: str | None) -> Request:
@@ -38,6 +42,8 @@ def parse(doc: dict, binary: memoryview | None, limits: Limits, topk_header: str
     tensor = inputs[0]
     params = _params(doc, "the request")
     outputs, binary_out = _outputs(doc, params)
+    if not limits.binary_outputs:
+        binary_out = frozenset()
     data = _data(tensor, binary)
     datatype, shape = tensor.get("datatype"), _shape(tensor.get("shape"))
     if datatype == "BYTES":
@@ -138,10 +144,13 @@ def _encoded_images(data, shape: list[int], limits) -> list[bytes]:
         elements = _flatten(data)
         if not all(isinstance(e, str) for e in elements):
             raise bad_request("bad_data", "BYTES data in JSON must be base64 strings, one per image.")
-        to_image = lambda e: decode_base64(e.encode(), limits.max_bytes)  # noqa: E731
+        # base64 of base64 is unwrapped too: KServe's grpc-v2 wrapper encodes a REST client's
+        # base64 string once more on its way to TorchServe's gRPC API
+        to_image = lambda e: image_bytes(decode_base64(e.encode(), limits.max_bytes), limits.max_bytes)  # noqa: E731
     if len(elements) != n:
+        hint = WRAPPER_HINT if len(elements) == 1 and n > 1 else ""
         raise bad_request(
-            "bad_shape", f"The input's shape {preview(shape)} holds {n} elements; its data holds {len(elements)}."
+            "bad_shape", f"The input's shape {preview(shape)} holds {n} elements; its data holds {len(elements)}.{hint}"
         )
     images = []
     for i, item in enumerate(elements):

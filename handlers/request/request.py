@@ -21,6 +21,7 @@ class Limits:
     max_pixels: int  # per image
     topk: int = 5  # labels per image unless the request asks
     max_topk: int = 100  # the largest k a request may ask for (at most the model's label count)
+    binary_outputs: bool = True  # OIP answers in the binary extension where asked (not behind KServe's wrapper)
 
     def resolve_topk(self, asked, header: str | None = None) -> int:
         """The request's k: what its body asked for (the body's own field or its protocol's
