@@ -8,7 +8,7 @@ VERSION ?= 1.0
 CHECKPOINT ?= build/efficientnet_lite0.pt
 DEFAULT_CKPT := build/efficientnet_lite0.pt
 DEFAULT_MAR := model_store/efficientnet_lite0.mar
-SAMPLE ?= $(firstword $(wildcard ../shared/images/kitten.jpg) samples/kitten.jpg)
+SAMPLE ?= samples/kitten.jpg
 TSCTL := $(PY) -m tsctl.cli --key-file key_file.json
 PYTEST_ARGS ?=
 # CPU-only hosts: workers per model; each gets cores/CPU_WORKERS torch threads, or CPU_THREADS
@@ -78,28 +78,39 @@ image:
 	docker build -f deploy/image/Dockerfile $(if $(GPU),--build-arg TORCH_INDEX=https://pypi.org/simple) \
 	  -t $(IMAGE):$(IMAGE_TAG)$(if $(GPU),-gpu,-cpu) .
 
-serve: install java $(DEFAULT_MAR)
-	@if $(VENV)/bin/python -c "import sys,psutil,tempfile,os; p=os.path.join(tempfile.gettempdir(),'.model_server.pid'); sys.exit(0 if os.path.exists(p) and psutil.pid_exists(int(open(p).read().split()[0])) else 1)"; then \
-	  echo "TorchServe is already running (make stop first to restart it)."; \
-	else \
-	  cfg=config.properties; threads=; \
-	  if ! nvidia-smi -L >/dev/null 2>&1; then \
-	    case "$(CPU_WORKERS)" in ''|*[!0-9]*|0) echo "CPU_WORKERS must be a positive integer (got '$(CPU_WORKERS)')."; exit 2;; esac; \
-	    case "$(CPU_THREADS)" in ''|[1-9]|[1-9][0-9]|[1-9][0-9][0-9]) ;; *) echo "CPU_THREADS must be a positive integer (got '$(CPU_THREADS)')."; exit 2;; esac; \
-	    cores=$$(nproc); threads=$(CPU_THREADS); threads=$${threads:-$$(( cores / $(CPU_WORKERS) > 0 ? cores / $(CPU_WORKERS) : 1 ))}; \
-	    cfg=build/config.cpu.properties; { cat config.properties; echo default_workers_per_model=$(CPU_WORKERS); } > $$cfg; \
-	    echo "No GPU found: $(CPU_WORKERS) worker(s), $$threads torch thread(s) each, on $$cores cores ($$cfg)."; fi; \
-	  env $(SERVE_OMP_ENV) $${threads:+OMP_NUM_THREADS=$$threads} $(VENV)/bin/torchserve --start --ncs --ts-config $$cfg \
-	    --model-store model_store --log-config tsctl/log4j2.xml > logs_start.txt 2>&1 || { cat logs_start.txt; exit 1; }; \
-	fi
-	$(TSCTL) wait efficientnet_lite0 --timeout 300
+# What `make serve` serves: the default model; MAR=model_store/NAME.mar (any archive in the model
+# store); or CHECKPOINT=x.pt MODEL_NAME=y [VERSION=z], archived first (make mar). TorchServe also
+# serves again what it served when `make stop` last stopped it (tsctl serve; FRESH=1 forgets it).
+SERVE_USES := CHECKPOINT MODEL_NAME VERSION MAR FRESH CPU_WORKERS CPU_THREADS SERVE_OMP_ENV SAMPLE
+SERVE_REFUSES := MAR_DIR IMAGE IMAGE_TAG GPU BENCH_ARGS SOAK_ARGS PYTEST_ARGS WRAPPER_SRC
+MAR ?=
+FRESH ?=
+SERVE_MODEL = $$($(PY) -c "import sys; from tsctl.rollout import mar_version; print(mar_version(sys.argv[1])[0])" $(SERVE_MAR))
+SERVE_MAR = $(if $(MAR),$(MAR),$(if $(filter command line,$(origin CHECKPOINT)),model_store/$(MODEL_NAME).mar,$(DEFAULT_MAR)))
+
+serve: install java
+	@$(foreach v,$(SERVE_REFUSES),$(if $(filter command line,$(origin $(v))),echo "make serve does not use $(v) (it uses: $(SERVE_USES))."; exit 2;))
+	@if [ -n "$(MAR)" ] && [ "$(origin CHECKPOINT)" = "command line" ]; then echo "make serve takes MAR or CHECKPOINT, not both."; exit 2; fi
+	@if [ "$(origin CHECKPOINT)" = "command line" ]; then \
+	  $(PY) scripts/build_mar.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION) || exit 2; \
+	elif [ -z "$(MAR)" ]; then $(MAKE) --no-print-directory $(DEFAULT_MAR) || exit 2; fi
+	@workers=1; threads=; \
+	if ! nvidia-smi -L >/dev/null 2>&1; then \
+	  case "$(CPU_WORKERS)" in ''|*[!0-9]*|0) echo "CPU_WORKERS must be a positive integer (got '$(CPU_WORKERS)')."; exit 2;; esac; \
+	  case "$(CPU_THREADS)" in ''|[1-9]|[1-9][0-9]|[1-9][0-9][0-9]) ;; *) echo "CPU_THREADS must be a positive integer (got '$(CPU_THREADS)')."; exit 2;; esac; \
+	  cores=$$(nproc); workers=$(CPU_WORKERS); threads=$(CPU_THREADS); \
+	  threads=$${threads:-$$(( cores / $(CPU_WORKERS) > 0 ? cores / $(CPU_WORKERS) : 1 ))}; \
+	  echo "No GPU found: $(CPU_WORKERS) worker(s), $$threads thread(s) each, on $$cores cores."; \
+	else workers=$$(nvidia-smi -L | wc -l); fi; \
+	env $(SERVE_OMP_ENV) $${threads:+OMP_NUM_THREADS=$$threads} $(TSCTL) serve $(SERVE_MAR) --workers $$workers \
+	  $(if $(FRESH),--fresh)
 	@echo "Prediction for $(SAMPLE):"
-	$(TSCTL) predict efficientnet_lite0 $(SAMPLE)
+	$(TSCTL) predict $(SERVE_MODEL) $(SAMPLE)
 	@echo
 	@echo "TorchServe is running on 127.0.0.1 (inference 8080, management 8081, metrics 8082, gRPC 7070/7071)."
-	@echo "Keys are in key_file.json. Try:"
+	@echo "Keys are in key_file.json, logs in logs/. Try:"
 	@echo "  KEY=\$$(python3 -c \"import json; print(json.load(open('key_file.json'))['inference']['key'])\")"
-	@echo "  curl -H \"Authorization: Bearer \$$KEY\" http://127.0.0.1:8080/predictions/efficientnet_lite0 -T $(SAMPLE)"
+	@echo "  curl -H \"Authorization: Bearer \$$KEY\" http://127.0.0.1:8080/predictions/$(SERVE_MODEL) -T $(SAMPLE)"
 	@echo "Stop it with: make stop"
 
 # Side-by-side load test: this handler vs TorchServe's stock image_classifier vs the model alone.
@@ -115,7 +126,7 @@ soak: install java $(DEFAULT_MAR)
 	$(PY) -m tests.soak $(SOAK_ARGS)
 
 stop:
-	-$(VENV)/bin/torchserve --stop
+	-$(TSCTL) stop
 
 # KServe's TorchServe wrapper in its own environment, built as the serving image builds it
 # (deploy/image/kserve-wrapper.sh), for the pod-path test (tests/integration/test_kserve_pod.py),
@@ -142,5 +153,5 @@ test: install java $(DEFAULT_MAR) kserve-wrapper
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	-$(VENV)/bin/torchserve --stop 2>/dev/null
+	-$(TSCTL) stop 2>/dev/null
 	rm -rf build model_store/*.mar logs logs_start.txt .pytest_cache

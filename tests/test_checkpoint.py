@@ -43,17 +43,34 @@ def test_pickled_objects_are_refused(tmp_path):
         read_checkpoint(path)
 
 
-def test_foreign_dict_is_refused(tmp_path):
-    path = tmp_path / "plain.pt"
+def test_a_training_checkpoint_is_refused_with_the_command_that_converts_it(tmp_path):
+    path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}}, path)
-    with pytest.raises(ValueError, match="not a ts-image-classifier/1 checkpoint"):
+    with pytest.raises(ValueError, match="not a ts-image-classifier/1 checkpoint") as refused:
         read_checkpoint(path)
+    assert f"scripts/convert_checkpoint.py --input {path}" in str(refused.value)
 
 
-def test_labels_count_must_match_weights(tmp_path):
+def test_a_label_count_that_does_not_fit_the_classifier_names_both_counts(tmp_path):
     path = small_checkpoint(tmp_path / "m.pt", labels=LABELS + ["extra"])
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError) as refused:
         load_classifier(path, torch.device("cpu"))
+    message = str(refused.value)
+    assert f"has {len(LABELS) + 1} labels, but its classifier (fc.weight) has {len(LABELS)} outputs" in message
+    assert "\n" not in message
+
+
+def test_weights_of_another_architecture_are_refused_in_one_line(tmp_path):
+    sd = build_architecture("torchvision:resnet18", num_classes=len(LABELS)).state_dict()
+    path = small_checkpoint(tmp_path / "m.pt", state_dict=sd)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["architecture"] = "torchvision:resnet34"
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError) as refused:
+        load_classifier(path, torch.device("cpu"))
+    message = str(refused.value)
+    assert "the weights are not torchvision:resnet34's" in message and "missing (first: layer1.2." in message
+    assert "\n" not in message and len(message) < 400
 
 
 def test_missing_keys_are_named(tmp_path):

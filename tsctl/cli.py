@@ -9,6 +9,7 @@ from pathlib import Path
 
 import requests
 
+from tsctl import serve as local
 from tsctl.client import ApiError, Client
 from tsctl.rollout import Gate, Plan, State, rollback, rollout
 
@@ -77,13 +78,32 @@ def main(argv=None) -> int:
     p = sub.add_parser("rollback", help="make the previous default the default again")
     p.add_argument("model")
     p.add_argument("--workers", type=int, default=1)
+    p = sub.add_parser("serve", help="start TorchServe here, serving what it served when it last stopped")
+    p.add_argument("archives", nargs="*", type=Path, help="archives (.mar in the model store) of models to serve")
+    p.add_argument("--config", type=Path, default=Path("config.properties"), help="TorchServe's config.properties")
+    p.add_argument("--model-store", type=Path, default=Path("model_store"))
+    p.add_argument("--workers", type=int, default=1, help="workers for a given archive's model")
+    p.add_argument("--fresh", action="store_true", help="forget what was served before: only the given archives")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for every model to be ready")
+    sub.add_parser("stop", help="remember what is served, then stop the TorchServe started here")
     args = parser.parse_args(argv)
     client = Client(args.inference_url, args.management_url, args.key_file)
     try:
-        return COMMANDS[args.command](client, args)
+        code = COMMANDS[args.command](client, args)
+        if args.command in CHANGES_WHAT_IS_SERVED and (_workdir(client) / ".tsctl" / "config.properties").exists():
+            local.remember(client, _workdir(client))  # a restart serves it again (tsctl serve)
+        return code
+    except local.StartFailed as exc:
+        print(f"tsctl: {exc}", file=sys.stderr)
+        return 1
     except (ApiError, TimeoutError, FileNotFoundError, ValueError, RuntimeError, requests.RequestException) as exc:
         print(f"tsctl: {exc}", file=sys.stderr)
         return 1
+
+
+def _workdir(client: Client) -> Path:
+    """Where the server runs: TorchServe writes key_file.json in the folder it starts in."""
+    return client.key_file.resolve().parent
 
 
 def _wait(client: Client, args) -> int:
@@ -167,6 +187,17 @@ def _rollback(client: Client, args) -> int:
     return rollback(client, args.model, _state(client, args.model), args.workers)
 
 
+def _serve(client: Client, args) -> int:
+    local.serve(args.config, args.model_store, args.archives, _workdir(client), args.workers, args.fresh,
+                timeout_s=args.timeout)  # fmt: skip
+    print(f"TorchServe runs from {_workdir(client)} (logs in {_workdir(client) / 'logs'}/)")
+    return 0
+
+
+def _stop(client: Client, args) -> int:
+    return 0 if local.stop(_workdir(client)) else 1
+
+
 COMMANDS = {
     "wait": _wait,
     "predict": _predict,
@@ -178,7 +209,10 @@ COMMANDS = {
     "unregister": _unregister,
     "rollout": _rollout,
     "rollback": _rollback,
+    "serve": _serve,
+    "stop": _stop,
 }
+CHANGES_WHAT_IS_SERVED = {"register", "scale", "set-default", "unregister", "rollout", "rollback"}
 
 if __name__ == "__main__":
     sys.exit(main())

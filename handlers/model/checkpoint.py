@@ -11,6 +11,10 @@ from .info import ModelInfo
 from .programs import PROGRAM_FORMATS, detect_format, load_program
 
 FORMAT = "ts-image-classifier/1"
+CONVERT_HINT = (
+    "A training checkpoint or a plain state dict is converted first: .venv/bin/python scripts/convert_checkpoint.py "
+    "--input {path} --architecture timm:NAME (or torchvision:NAME) --labels labels.txt --output build/my_model.pt"
+)
 
 
 def read_checkpoint(path) -> tuple[dict, ModelInfo]:
@@ -26,7 +30,10 @@ def read_checkpoint(path) -> tuple[dict, ModelInfo]:
             "only tensors and plain Python types; arbitrary pickles can run code when loaded."
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} checkpoint (expected a dict with format={FORMAT!r})")
+        raise ValueError(
+            f"{path}: not a {FORMAT} checkpoint (a dict with format={FORMAT!r}, architecture, "
+            f"recipe, labels, version and state_dict). {CONVERT_HINT.format(path=path)}"
+        )
     if "state_dict" not in ckpt:
         raise ValueError(f"{path}: checkpoint is missing ['state_dict']")
     return ckpt["state_dict"], ModelInfo.from_dict(ckpt, path)
@@ -102,18 +109,49 @@ def load_classifier(
         return load_program(path, kind, device, channels_last)
     state_dict, info = read_checkpoint(path)
     model = build_architecture(info.architecture, num_classes=len(info.labels))
-    try:
-        result = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise ValueError(f"{path}: weights do not fit {info.architecture}: {exc}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path}: weights do not match {info.architecture}: "
-            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-        )
+    check_weights_fit(model, state_dict, info, path)
+    model.load_state_dict(state_dict, strict=True)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     model.eval().requires_grad_(False)
     return model, info
+
+
+def check_weights_fit(model: nn.Module, state_dict: dict, info: ModelInfo, path) -> None:
+    """ValueError in one line when the weights are not this architecture's with this many labels:
+    the label count against the classifier's, or the first tensors that differ."""
+    expected = model.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    wrong = [k for k in expected if k in shapes and shapes[k] != tuple(expected[k].shape)]
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    if not (wrong or missing or unexpected):
+        return
+    head = [
+        k
+        for k in wrong
+        if shapes[k][:1] != tuple(expected[k].shape)[:1] and tuple(expected[k].shape)[:1] == (len(info.labels),)
+    ]
+    if wrong and set(wrong) == set(head) and not (missing or unexpected):
+        raise ValueError(
+            f"{path}: the checkpoint has {len(info.labels)} labels, but its classifier ({head[0]}) "
+            f"has {shapes[head[0]][0]} outputs: give one label per class"
+        )
+    detail = (
+        f"{len(wrong)} tensors differ in shape (first: {wrong[0]} is {list(shapes[wrong[0]])} in the file, "
+        f"{list(expected[wrong[0]].shape)} in {info.architecture})"
+        if wrong
+        else ""
+    )
+    detail += f"{'; ' if detail else ''}{len(missing)} missing (first: {missing[0]})" if missing else ""
+    detail += (
+        f"{'; ' if detail else ''}{len(unexpected)} not in the architecture (first: {unexpected[0]})"
+        if unexpected
+        else ""
+    )
+    raise ValueError(
+        f"{path}: the weights are not {info.architecture}'s: {detail}. Is the architecture the one "
+        f"the weights were trained with?"
+    )
 
 
 def quantize_linear_int8(model: nn.Module) -> nn.Module:
