@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--format", choices=sorted(SAVERS), required=True)
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "images")
+    parser.add_argument("--photos", type=Path, default=ROOT / "samples", help="photos the export is verified on")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="max absolute logit difference")
     args = parser.parse_args(argv)
     model, info = load_classifier(args.checkpoint, torch.device("cpu"))

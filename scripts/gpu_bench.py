@@ -81,7 +81,7 @@ def measure(pipeline: Pipeline, bodies: list[bytes], batch: int, seconds: float)
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "build" / "efficientnet_lite0.pt")
-    parser.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "images")
+    parser.add_argument("--photos", type=Path, default=ROOT / "samples")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--seconds", type=float, default=5)

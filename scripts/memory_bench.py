@@ -80,7 +80,7 @@ def measure(config: dict, bodies: dict[str, bytes], args, work: Path) -> dict:
     build(args.checkpoint, model, "1.0", work / "store", config)
     server = TorchServe(work / "ts", work / "store", f"{model}.mar").start([model])
     try:
-        photo = ROOT.parent / "shared" / "images" / "kitten.jpg"
+        photo = ROOT / "samples" / "kitten.jpg"
         server.post(model, data=photo.read_bytes() if photo.exists() else bodies["jpeg"]).raise_for_status()
         time.sleep(2)
         idle = worker_rss(server, model)

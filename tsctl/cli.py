@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("url")
     p.add_argument("--model-name")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--batch-size", type=int, help="requests per batch (default: the archive's batchSize)")
+    p.add_argument("--max-batch-delay", type=int, help="ms to fill a batch (default: the archive's maxBatchDelay)")
     p = sub.add_parser("scale", help="set the worker count of a model version")
     p.add_argument("model")
     p.add_argument("--version")
@@ -143,7 +145,7 @@ def _describe(client: Client, args) -> int:
 
 
 def _register(client: Client, args) -> int:
-    print(client.register(args.url, args.workers, args.model_name))
+    print(client.register(args.url, args.workers, args.model_name, args.batch_size, args.max_batch_delay))
     return 0
 
 

@@ -71,10 +71,23 @@ class Client:
     def versions(self, model: str) -> list[str]:
         return [d["modelVersion"] for d in self.management("GET", f"/models/{model}/all").json()]
 
-    def register(self, url: str, workers: int = 1, model_name: str | None = None) -> str:
+    def register(
+        self,
+        url: str,
+        workers: int = 1,
+        model_name: str | None = None,
+        batch_size: int | None = None,
+        max_batch_delay: int | None = None,
+    ) -> str:
+        """Register an archive (a file name in the model store); batch settings other than the
+        archive's own where given."""
         params = {"url": url, "initial_workers": workers, "synchronous": "true"}
         if model_name:
             params["model_name"] = model_name
+        if batch_size:
+            params["batch_size"] = batch_size
+        if max_batch_delay:
+            params["max_batch_delay"] = max_batch_delay
         return self.management("POST", "/models", params=params, timeout=900).json().get("status", "")
 
     def scale(self, model: str, version: str | None, min_worker: int, max_worker: int | None = None) -> str:
