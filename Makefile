@@ -22,7 +22,7 @@ CPU_THREADS ?=
 # make bench BENCH_ARGS="--handlers ours --sizes 500x375" SERVE_OMP_ENV=OMP_WAIT_POLICY=PASSIVE.
 SERVE_OMP_ENV ?= GOMP_SPINCOUNT=10000
 
-.PHONY: serve stop mar test bench install java wrk clean kserve-bundle kserve-wrapper image soak
+.PHONY: serve stop mar test bench install java wrk prometheus clean kserve-bundle kserve-wrapper image soak
 
 install: $(VENV)/.installed
 
@@ -147,7 +147,18 @@ kserve-wrapper:
 	  || { tail -20 build/kserve-wrapper.log; exit 1; }; \
 	touch build/kserve-wrapper/.ready
 
-test: install java $(DEFAULT_MAR) kserve-wrapper
+# Prometheus and promtool (Debian's package), for the metrics and alert-rule tests; installed with
+# apt-get when this is root on Debian/Ubuntu, otherwise named for you to install.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing Prometheus (the metrics tests scrape a real one) with apt-get."; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; } || \
+	  { echo "apt-get could not install prometheus."; exit 1; }; \
+	else echo "make test needs Prometheus and promtool (Debian/Ubuntu: sudo apt-get install -y prometheus)."; exit 1; fi
+
+test: install java prometheus $(DEFAULT_MAR) kserve-wrapper
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)

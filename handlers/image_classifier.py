@@ -30,7 +30,9 @@ from handlers.model.device import select_device, single_threaded_torch
 from handlers.model.reference import FILE as REFERENCE_FILE
 from handlers.model.reference import ReferenceSet
 from handlers.model.selection import choose_engine
-from handlers.request.answers import top_k
+from handlers.model.workers import replaces_a_worker
+from handlers.monitoring import Monitor, Profile
+from handlers.request.answers import probabilities, top_k
 from handlers.request.batch import Batch
 from handlers.request.budget import DecodeBudget, release_freed_memory
 from handlers.request.device_decode import decode_batch
@@ -58,6 +60,7 @@ class ImageClassifier(BaseHandler):
         artifact = model_dir / context.manifest["model"]["serializedFile"]
         self.info = read_info(artifact, s.trust_program)
         onnx = model_dir / "model.onnx"
+        reference = ReferenceSet.load(model_dir / REFERENCE_FILE)
         self.engine, self.selection = choose_engine(
             self.info.recipe,
             self.device,
@@ -65,9 +68,12 @@ class ImageClassifier(BaseHandler):
             s.engine_options(),
             lambda: load_classifier(artifact, self.device, s.enabled("channels_last"), s.trust_program)[0],
             onnx if onnx.exists() else None,
-            ReferenceSet.load(model_dir / REFERENCE_FILE),
+            reference,
             model_dir / ".engine",
         )
+        recipe = self.info.recipe  # what is fed and how sure the answers are, against the archive's profile
+        self.monitor = Monitor(Profile.of(reference, recipe.mean, recipe.std), recipe.mean, recipe.std)
+        self.restarted = replaces_a_worker(model_dir / ".engine")
         # The version TorchServe serves is the archive's (`--version`); the checkpoint's may differ.
         self.version = str(context.manifest["model"].get("modelVersion") or self.info.version)
         self.model_name = context.model_name
@@ -95,20 +101,25 @@ class ImageClassifier(BaseHandler):
 
     def handle(self, data, context):
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
+        if self.restarted:  # counted once there is a metrics cache to count it in
+            self.metrics.worker_restart()
+            self.restarted = False
         return super().handle(data, context)
 
     def preprocess(self, data) -> Batch:
         """Each request read and each image decoded on its own: what fails is that request's error."""
-        start = time.perf_counter()
+        self.started = start = time.perf_counter()
         batch = Batch.read(list(self.decoders.map(self._read, range(len(data)), data)))
         batch.add_pixels(self._decode_all(batch.images()), self.device)
         for err in batch.errors:
             if err is not None and err.code < 500:
                 self.metrics.input_error(err.type)
+        if batch.pixels is not None and self.settings.enabled("monitoring"):
+            self.monitor.add_inputs(batch.pixels)
         if self.budget.take_decoded() > TRIM_AFTER_PIXELS:
             release_freed_memory()
         self.metrics.batch(len(data))
-        self.metrics.stage("decode", (time.perf_counter() - start) * 1000)
+        self.metrics.stage("decode", time.perf_counter() - start)
         return batch
 
     def inference(self, batch: Batch, *args, **kwargs) -> Batch:
@@ -119,7 +130,7 @@ class ImageClassifier(BaseHandler):
                 batch.fail_pending(self._bug("running the model on", exc))
                 return batch
             batch.logits = run.logits
-            self.metrics.stage("inference", run.ms)
+            self.metrics.stage("inference", run.ms / 1000)
             self.metrics.oom_splits(run.oom_splits)
         return batch
 
@@ -127,24 +138,31 @@ class ImageClassifier(BaseHandler):
         start = time.perf_counter()
         pending = batch.pending()
         ks = [batch.requests[i].topk for i in pending for _ in batch.requests[i].images]
-        rows = top_k(batch.logits, self.info.labels, ks) if ks else []
+        probs = probabilities(batch.logits) if ks else None
+        rows = top_k(probs, self.info.labels, ks) if ks else []
         out = [self._answer(batch, i, rows) for i in range(len(batch))]
-        self.metrics.stage("postprocess", (time.perf_counter() - start) * 1000)
+        if probs is not None and self.settings.enabled("monitoring"):
+            self.metrics.answers(self.monitor.add_answers(probs)["top1"])
+            self.metrics.drift(self.monitor.scores())
+        self.metrics.stage("answer", time.perf_counter() - start)
         return out
 
     def _answer(self, batch: Batch, idx: int, rows: list):
         """Request `idx`'s body, with its status and headers set on the context."""
-        error = batch.errors[idx]
+        error, request = batch.errors[idx], batch.requests[idx]
         if error is None:
             try:
-                body, headers = response(batch.requests[idx], rows[batch.spans[idx]], self.model_name, self.version)
+                body, headers = response(request, rows[batch.spans[idx]], self.model_name, self.version)
                 self._set_headers(idx, headers)
                 self.requests_served += 1
+                self.metrics.request(request.protocol, "ok", time.perf_counter() - self.started)
                 return body
             except Exception as exc:
                 error = self._bug("answering", exc)
         self._set_headers(idx, {"content-type": "application/json"})
         self.context.set_response_status(error.code, error.reason(), idx)
+        outcome = "client_error" if error.code < 500 else "server_error"
+        self.metrics.request(error.protocol, outcome, time.perf_counter() - self.started)
         return error.to_body()
 
     def _read(self, idx: int, item):
@@ -167,6 +185,7 @@ class ImageClassifier(BaseHandler):
         s = self.settings
         try:
             if isinstance(image, torch.Tensor):
+                self._saw("pixels", image.shape[-1], image.shape[-2])
                 return tensor_pixels(image, self.info.recipe)
             return image_pixels(
                 image,
@@ -175,11 +194,16 @@ class ImageClassifier(BaseHandler):
                 draft=s.enabled("jpeg_draft"),
                 torchcodec=s.enabled("torchcodec"),
                 budget=self.budget,
+                on_open=self._saw,
             )
         except RequestError as err:
             return err
         except Exception as exc:
             return self._bug("decoding an image of", exc)
+
+    def _saw(self, fmt: str, width: int, height: int) -> None:
+        if self.settings.enabled("monitoring"):
+            self.monitor.saw(fmt, width, height)
 
     def _bug(self, stage: str, exc: Exception) -> RequestError:
         """A fault of ours in one request (or one pass): logged with its traceback, counted, a 500."""
@@ -211,4 +235,5 @@ class ImageClassifier(BaseHandler):
             "requests_served": self.requests_served,
             **self.engine.describe(),
             "engine_selection": self.selection.to_dict(),
+            "monitoring": self.monitor.describe(),
         }

@@ -1,7 +1,10 @@
-"""The handler's own metrics, through TorchServe's metrics cache (declared in metrics.yaml).
+"""The handler's metrics, through TorchServe's metrics cache (declared in metrics.yaml).
 
-In prometheus mode TorchServe exposes them on its metrics address. If the server's metrics
-configuration does not declare them, they are added to the cache so they still reach the logs.
+In prometheus mode TorchServe exposes them on its metrics address, named as Prometheus names
+them: base units (`_seconds`), counters ending in `_total`, latency as histograms (TorchServe's
+fixed buckets, 0.005 to 10), and a few labels of low cardinality (model_name, protocol, stage,
+outcome, error_type). Where the server's metrics configuration does not declare one, it is added
+to the cache so it still reaches the logs. docs/OPERATIONS.md lists them with a PromQL line each.
 """
 
 from __future__ import annotations
@@ -12,51 +15,83 @@ from ts.metrics.metric_type_enum import MetricTypes
 
 logger = logging.getLogger(__name__)
 
-STAGE_MS = "ImageClassifierStageMilliseconds"  # dims: ModelName, Stage (decode | inference | postprocess)
-BATCHES = "ImageClassifierBatches"
-BATCHED_REQUESTS = "ImageClassifierBatchedRequests"
-INPUT_ERRORS = "ImageClassifierInputErrors"  # dims: ModelName, ErrorType
-INTERNAL_ERRORS = "ImageClassifierInternalErrors"  # dims: ModelName, Stage (reading | decoding | running | answering)
-OOM_SPLITS = "ImageClassifierOomBatchSplits"
-_DIMENSIONS = {
-    STAGE_MS: ["ModelName", "Stage"],
-    INPUT_ERRORS: ["ModelName", "ErrorType"],
-    INTERNAL_ERRORS: ["ModelName", "Stage"],
+COUNTER, GAUGE, HISTOGRAM = MetricTypes.COUNTER, MetricTypes.GAUGE, MetricTypes.HISTOGRAM
+# name -> (type, unit, label names after model_name)
+METRICS = {
+    "image_classifier_request_seconds": (HISTOGRAM, "s", ["protocol"]),  # a request in the handler, end to end
+    "image_classifier_stage_seconds": (HISTOGRAM, "s", ["stage"]),  # per batch: decode, inference, answer
+    "image_classifier_requests_total": (
+        COUNTER,
+        "Count",
+        ["protocol", "outcome"],
+    ),  # outcome: ok, client_error, server_error
+    "image_classifier_batches_total": (COUNTER, "Count", []),
+    "image_classifier_batched_requests_total": (COUNTER, "Count", []),
+    "image_classifier_input_errors_total": (COUNTER, "Count", ["error_type"]),
+    "image_classifier_internal_errors_total": (COUNTER, "Count", ["stage"]),
+    "image_classifier_oom_splits_total": (COUNTER, "Count", []),
+    "image_classifier_worker_restarts_total": (COUNTER, "Count", []),
+    "image_classifier_top1_probability": (HISTOGRAM, "Probability", []),
+    "image_classifier_input_drift_psi": (GAUGE, "PSI", []),
+    "image_classifier_confidence_drift_ks": (GAUGE, "KS", []),
+    "image_classifier_mean_confidence": (GAUGE, "Probability", []),
+    "image_classifier_top_class_share": (GAUGE, "Share", []),
+    "image_classifier_reference_confidence": (GAUGE, "Probability", []),  # the archive profile's mean top-1
 }
-_UNITS = {STAGE_MS: "ms"}
 
 
 class HandlerMetrics:
-    """Counters for one model; every call is a no-op when TorchServe gave no metrics cache."""
+    """One model's metrics; every call is a no-op when TorchServe gave no metrics cache."""
 
     def __init__(self, cache, model_name: str):
         self.cache = cache
         self.model_name = model_name
 
-    def _count(self, name: str, value: float, *dims: str) -> None:
+    def _emit(self, name: str, value: float, *labels: str) -> None:
         if self.cache is None:
             return
+        kind, unit, names = METRICS[name]
         try:
-            metric = self.cache.get_metric(name, MetricTypes.COUNTER)
+            metric = self.cache.get_metric(name, kind)
         except Exception:  # not declared in this server's metrics.yaml
-            metric = self.cache.add_metric_to_cache(
-                name, _UNITS.get(name, "Count"), _DIMENSIONS.get(name, ["ModelName"]), MetricTypes.COUNTER
-            )
-        metric.add_or_update(value, [self.model_name, *dims])
+            metric = self.cache.add_metric_to_cache(name, unit, ["model_name", *names], kind)
+        metric.add_or_update(value, [self.model_name, *labels])
 
-    def stage(self, stage: str, ms: float) -> None:
-        self._count(STAGE_MS, round(ms, 3), stage)
+    def request(self, protocol: str, outcome: str, seconds: float) -> None:
+        self._emit("image_classifier_requests_total", 1, protocol, outcome)
+        self._emit("image_classifier_request_seconds", round(seconds, 6), protocol)
+
+    def stage(self, stage: str, seconds: float) -> None:
+        self._emit("image_classifier_stage_seconds", round(seconds, 6), stage)
 
     def batch(self, size: int) -> None:
-        self._count(BATCHES, 1)
-        self._count(BATCHED_REQUESTS, size)
+        self._emit("image_classifier_batches_total", 1)
+        self._emit("image_classifier_batched_requests_total", size)
 
     def input_error(self, error_type: str) -> None:
-        self._count(INPUT_ERRORS, 1, error_type)
+        self._emit("image_classifier_input_errors_total", 1, error_type)
 
     def internal_error(self, stage: str) -> None:
-        self._count(INTERNAL_ERRORS, 1, stage)
+        self._emit("image_classifier_internal_errors_total", 1, stage)
 
     def oom_splits(self, count: int) -> None:
         if count:
-            self._count(OOM_SPLITS, count)
+            self._emit("image_classifier_oom_splits_total", count)
+
+    def worker_restart(self) -> None:
+        self._emit("image_classifier_worker_restarts_total", 1)
+
+    def answers(self, top1) -> None:
+        for p in top1:
+            self._emit("image_classifier_top1_probability", round(float(p), 6))
+
+    def drift(self, scores: dict) -> None:
+        for key in (
+            "input_drift_psi",
+            "confidence_drift_ks",
+            "mean_confidence",
+            "top_class_share",
+            "reference_confidence",
+        ):
+            if scores.get(key) is not None:
+                self._emit(f"image_classifier_{key}", round(scores[key], 6))

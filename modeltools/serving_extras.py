@@ -12,24 +12,37 @@ from torch import nn
 from handlers.model.padding import make_static
 from handlers.model.recipe import Recipe, normalize
 from handlers.model.reference import ReferenceSet
+from handlers.monitoring import channel_means
 from handlers.request.pixels import image_pixels
 from modeltools.onnx_export import write_onnx
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-MAX_REFERENCE_IMAGES = 16
+MAX_REFERENCE_IMAGES = 16  # verification at every worker start: a few photos, all kinds
+MAX_PROFILE_IMAGES = 500  # the monitoring profile: as many as given
 MAX_PIXELS = 50_000_000
 
 
 def reference_set(model: nn.Module, recipe: Recipe, folder: Path) -> ReferenceSet:
-    """Up to MAX_REFERENCE_IMAGES photos of `folder`, decoded as served, and the eager float32
-    model's logits on them."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_REFERENCE_IMAGES]
+    """The photos of `folder`, decoded as served, with the eager float32 model's logits: the first
+    MAX_REFERENCE_IMAGES to verify backends on, and all of them (up to MAX_PROFILE_IMAGES) as the
+    monitoring profile (the per-image channel means and top-1 probabilities drift is measured
+    against)."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_PROFILE_IMAGES]
     if not files:
         raise ValueError(f"no photos in {folder} to verify the backends with (--reference-images names a folder)")
-    pixels = torch.stack([image_pixels(f.read_bytes(), MAX_PIXELS, recipe) for f in files])
-    with torch.inference_mode():
-        logits = model(normalize(pixels, recipe)).float()
-    return ReferenceSet(pixels, logits, tuple(f.name for f in files))
+    means, top1, pixels, logits = [], [], [], []
+    for start in range(0, len(files), 32):
+        batch = torch.stack([image_pixels(f.read_bytes(), MAX_PIXELS, recipe) for f in files[start : start + 32]])
+        with torch.inference_mode():
+            out = model(normalize(batch, recipe)).float()
+        means.append(torch.from_numpy(channel_means(batch, recipe.mean, recipe.std)))
+        top1.append(torch.softmax(out, 1).max(1).values)
+        if start < MAX_REFERENCE_IMAGES:  # the photos verification runs on: the first few
+            pixels.append(batch)
+            logits.append(out)
+    n = min(len(files), MAX_REFERENCE_IMAGES)
+    return ReferenceSet(torch.cat(pixels)[:n], torch.cat(logits)[:n], tuple(f.name for f in files[:n]),
+                        torch.cat(means), torch.cat(top1))  # fmt: skip
 
 
 class Normalized(nn.Module):

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from handlers.model.checkpoint import load_classifier  # noqa: E402
 from handlers.model.device import single_threaded_torch  # noqa: E402
 from handlers.model.engine import Engine, EngineOptions  # noqa: E402
-from handlers.request.answers import top_k  # noqa: E402
+from handlers.request.answers import probabilities, top_k  # noqa: E402
 from handlers.request.device_decode import decode_on_device  # noqa: E402
 from handlers.request.pixels import image_pixels  # noqa: E402
 
@@ -65,7 +65,7 @@ class Pipeline:
         ):
             decoded[i] = pixels.to(self.device)
         pixels = decoded
-        return top_k(self.engine.run(torch.stack(pixels)).logits, self.info.labels, [1] * len(bodies))
+        return top_k(probabilities(self.engine.run(torch.stack(pixels)).logits), self.info.labels, [1] * len(bodies))
 
 
 def measure(pipeline: Pipeline, bodies: list[bytes], batch: int, seconds: float) -> float:

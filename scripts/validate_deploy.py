@@ -19,6 +19,7 @@ import copy
 import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from functools import cache
 from pathlib import Path
@@ -123,12 +124,29 @@ def core_errors(obj: dict) -> list[str]:
     return [f"warning: {w.message}" for w in caught]
 
 
+def rule_errors(obj: dict) -> list[str]:
+    """A PrometheusRule (whose CRD the Prometheus Operator owns): its groups through `promtool check rules`."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        return ["promtool not found: install Prometheus (Debian: apt-get install prometheus) to check the rules"]
+    with tempfile.NamedTemporaryFile("w", suffix=".yml") as rules:
+        yaml.safe_dump({"groups": obj.get("spec", {}).get("groups", [])}, rules)
+        rules.flush()
+        out = subprocess.run([promtool, "check", "rules", rules.name], capture_output=True, text=True)
+    return [] if out.returncode == 0 else [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+
+
 def check(directory: Path, crds: Path) -> list[str]:
     """Every problem in one kustomization, as 'Kind/name: problem' lines (none: it is valid)."""
     problems = []
     for obj in render(directory):
         name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
-        errors = kserve_errors(obj, crds) if obj.get("kind") in KSERVE_KINDS else core_errors(obj)
+        if obj.get("kind") in KSERVE_KINDS:
+            errors = kserve_errors(obj, crds)
+        elif obj.get("kind") == "PrometheusRule":
+            errors = rule_errors(obj)
+        else:
+            errors = core_errors(obj)
         problems += [f"{name}: {e}" for e in errors]
     return problems
 

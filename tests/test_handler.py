@@ -186,13 +186,22 @@ def test_handler_metrics_reach_torchserves_metrics_cache(handler, photos, caplog
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
     names = {line.split("[METRICS]")[1].split(".")[0] for line in lines}
     assert {
-        "ImageClassifierStageMilliseconds",
-        "ImageClassifierBatches",
-        "ImageClassifierBatchedRequests",
-        "ImageClassifierInputErrors",
+        "image_classifier_request_seconds",
+        "image_classifier_stage_seconds",
+        "image_classifier_requests_total",
+        "image_classifier_batches_total",
+        "image_classifier_batched_requests_total",
+        "image_classifier_input_errors_total",
+        "image_classifier_top1_probability",
     } <= names
-    assert any("ImageClassifierInputErrors" in line and "ErrorType:not_an_image" in line for line in lines)
-    assert any("Stage:inference" in line for line in lines) and any("Stage:decode" in line for line in lines)
+    assert any("input_errors_total" in line and "error_type:not_an_image" in line for line in lines)
+    assert any("requests_total" in line and "outcome:client_error" in line for line in lines)
+    assert any("requests_total" in line and "protocol:plain,outcome:ok" in line for line in lines)
+    seconds = [line for line in lines if line.startswith("[METRICS]image_classifier_request_seconds.Seconds:")]
+    assert len(seconds) == 2 and all("#type:HISTOGRAM" in line for line in seconds)
+    value = float(seconds[0].split(":", 1)[1].split("|")[0])
+    assert 0 < value < 10  # seconds, not milliseconds
+    assert any("stage:inference" in line for line in lines) and any("stage:decode" in line for line in lines)
     assert not any("Failed to update metric" in r.getMessage() for r in caplog.records)
 
 

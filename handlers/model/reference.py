@@ -44,6 +44,9 @@ class ReferenceSet:
     pixels: torch.Tensor  # uint8 [G, 3, H, W], as served
     logits: torch.Tensor  # float32 [G, classes], eager float32
     names: tuple[str, ...]
+    # the monitoring profile (handlers/monitoring.py), over every photo given at archive time:
+    profile_channel_means: torch.Tensor | None = None  # float32 [P, 3], normalised
+    profile_top1: torch.Tensor | None = None  # float32 [P]
 
     @classmethod
     def load(cls, path) -> ReferenceSet | None:
@@ -52,10 +55,14 @@ class ReferenceSet:
         if not path.exists():
             return None
         doc = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(doc["pixels"], doc["logits"].float(), tuple(doc["names"]))
+        return cls(doc["pixels"], doc["logits"].float(), tuple(doc["names"]), doc.get("profile_channel_means"),
+                   doc.get("profile_top1"))  # fmt: skip
 
     def save(self, path) -> None:
-        torch.save({"pixels": self.pixels.contiguous(), "logits": self.logits, "names": list(self.names)}, path)
+        doc = {"pixels": self.pixels.contiguous(), "logits": self.logits, "names": list(self.names)}
+        if self.profile_top1 is not None:
+            doc.update(profile_channel_means=self.profile_channel_means, profile_top1=self.profile_top1)
+        torch.save(doc, path)
 
     def judge(self, logits: torch.Tensor, precision: str) -> Verdict:
         """How `logits` (a backend's, on `pixels`) compare with the reference's."""

@@ -1,13 +1,17 @@
-"""Logits -> top-k labels per image: the answer every protocol writes in its own form."""
+"""Class probabilities -> top-k labels per image: the answer every protocol writes in its own form."""
 
 from __future__ import annotations
 
 import torch
 
 
-def top_k(logits: torch.Tensor, labels, ks: list[int]) -> list[list[dict]]:
-    """logits [N, C] (any float dtype/device) -> per row, its k best {label, index, probability}."""
-    probs = torch.softmax(logits.float(), dim=1)
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """logits [N, C] (any float dtype/device) -> softmax in float32."""
+    return torch.softmax(logits.float(), dim=1)
+
+
+def top_k(probs: torch.Tensor, labels, ks: list[int]) -> list[list[dict]]:
+    """probabilities [N, C] -> per row, its k best {label, index, probability}."""
     k_max = min(max(ks), probs.shape[1])
     values, indices = probs.topk(k_max, dim=1)
     values, indices = values.cpu().tolist(), indices.cpu().tolist()

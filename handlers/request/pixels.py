@@ -28,6 +28,7 @@ def image_pixels(
     draft: bool = True,
     torchcodec: bool = True,
     budget: DecodeBudget | None = None,
+    on_open=None,
 ) -> torch.Tensor:
     """Encoded image -> the recipe's uint8 tensor [3, crop, crop]: what the handler serves.
 
@@ -35,10 +36,13 @@ def image_pixels(
     the recipe resizes as tensors, images TorchCodec takes (`torchcodec`) are decoded straight
     into a tensor (handlers/request/decoding.py); everything else takes Pillow's path, whose
     checks and error messages stay the only ones a client sees. With `budget`, the pixels to
-    decode (after DCT scaling) are held from it while decoding and resizing.
+    decode (after DCT scaling) are held from it while decoding and resizing. `on_open(format,
+    width, height)` learns what the image is as sent, once its header is read.
     """
     img = open_image(data, max_pixels)
     size = img.size
+    if on_open is not None:
+        on_open(img.format, *size)
     if draft:
         draft_jpeg(img, draft_target(*size, recipe))
     with budget.hold(img.size[0] * img.size[1]) if budget else nullcontext():

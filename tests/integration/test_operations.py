@@ -149,15 +149,6 @@ def test_tsctl_predict_over_grpc(ops):
     assert "African crocodile" in out.stdout
 
 
-def test_prometheus_endpoint_exposes_the_handler_metrics(ops):
-    ops.post(MODEL, data=(IMAGES / "dog2.jpg").read_bytes())
-    ops.post(MODEL, data=b"plain text, not an image")
-    text = requests.get(f"{ops.config['metrics_address']}/metrics", timeout=30).text
-    for name in ("ImageClassifierStageMilliseconds", "ImageClassifierBatches", "ImageClassifierInputErrors"):
-        assert name in text, name
-    assert 'ErrorType="not_an_image"' in text and 'Stage="inference"' in text
-
-
 def test_expired_keys_are_refreshed_with_the_api_key(ops):
     before = ops.keys.inference
     ops.client.refresh_key("inference")

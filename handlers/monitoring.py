@@ -1,0 +1,165 @@
+"""What the model is fed and how sure it is, over a window of recent images, against the reference
+profile the archive carries (handlers/model/reference.py): the statistics a silent failure moves
+while every answer is still a 200.
+
+Per batch, from tensors the handler already holds: each image's per-channel mean of its served
+pixels (a strided sample of them), in the recipe's normalised units; the top-1 probability,
+margin and entropy of each answer; its top-1 class; the format and size of each image as sent.
+
+Two drift scores compare the window with the reference:
+- input drift, the population stability index (PSI) of the per-image channel means, the worst of
+  the three channels, over fixed bins of the normalised range: it sees a channel order swapped
+  (BGR sent for RGB), an exposure change, or pre-resized thumbnails whose statistics differ, and
+  it needs no distribution assumptions; a PSI above 0.25 is the usual "significant shift".
+- confidence drift, the two-sample Kolmogorov-Smirnov statistic between the window's and the
+  reference's top-1 probabilities: distribution-free, works on the small samples a reference set
+  is, and is the largest gap between the two cumulative distributions, so a collapse of
+  confidence shows at once.
+Classes are reported as the share of the window's most frequent top-1 (a model stuck on one
+class), not as a chi-square: over a thousand classes, a window of a few hundred answers and a
+reference of a few photos leave a chi-square no power.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+WINDOW = 500  # images (inputs) and answers (predictions) the scores look at
+MIN_WINDOW = 20  # below this many, no score is reported (None)
+PSI_BINS = np.linspace(-2.5, 2.5, 21)  # normalised units; values beyond fall in the end bins
+PSI_FLOOR = 1e-3  # a bin's smallest share: a bin empty on one side stays finite
+SAMPLE_STRIDE = 4  # every 4th row and column of a crop: 1/16 of its pixels
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The reference: per-image channel means [G, 3] (normalised) and top-1 probabilities [G]."""
+
+    channel_means: np.ndarray
+    top1: np.ndarray
+
+    @classmethod
+    def of(cls, reference, mean, std) -> Profile | None:
+        """The profile an archive's ReferenceSet carries, or, from an older archive, the one its
+        verification photos give; None without a reference."""
+        if reference is None:
+            return None
+        if reference.profile_top1 is not None:
+            return cls(reference.profile_channel_means.numpy(), reference.profile_top1.numpy())
+        top1 = torch.softmax(reference.logits.float(), 1).max(1).values.numpy()
+        return cls(channel_means(reference.pixels, mean, std), top1)
+
+
+def channel_means(pixels: torch.Tensor, mean, std) -> np.ndarray:
+    """uint8 [N, 3, H, W] -> [N, 3] per-image channel means of a strided sample, in the recipe's
+    normalised units ((x / 255 - mean) / std)."""
+    sample = pixels[:, :, ::SAMPLE_STRIDE, ::SAMPLE_STRIDE].float().mean(dim=(2, 3)).cpu().numpy() / 255.0
+    return (sample - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def answer_stats(probs: torch.Tensor) -> dict:
+    """softmax rows [N, C] -> per row: top-1 class and probability, margin to the second, entropy (nats)."""
+    top = probs.topk(min(2, probs.shape[1]), dim=1)
+    values = top.values.cpu().numpy()
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1).cpu().numpy()
+    margin = values[:, 0] - (values[:, 1] if values.shape[1] > 1 else 0.0)
+    return {"top1": values[:, 0], "margin": margin, "entropy": entropy, "classes": top.indices[:, 0].cpu().numpy()}
+
+
+def psi(reference: np.ndarray, live: np.ndarray) -> float:
+    """Population stability index of `live` against `reference` over PSI_BINS (each bin's share
+    at least PSI_FLOOR): 0 for the same distribution, above 0.25 for a significant shift."""
+    edges = np.concatenate([[-np.inf], PSI_BINS[1:-1], [np.inf]])
+    ref = np.maximum(np.histogram(reference, edges)[0] / len(reference), PSI_FLOOR)
+    cur = np.maximum(np.histogram(live, edges)[0] / len(live), PSI_FLOOR)
+    return float(((cur - ref) * np.log(cur / ref)).sum())
+
+
+def ks(reference: np.ndarray, live: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    values = np.sort(np.concatenate([reference, live]))
+    ref = np.searchsorted(np.sort(reference), values, side="right") / len(reference)
+    cur = np.searchsorted(np.sort(live), values, side="right") / len(live)
+    return float(np.abs(ref - cur).max())
+
+
+class Monitor:
+    """The window of recent inputs and answers, and its scores against the reference profile."""
+
+    def __init__(self, profile: Profile | None, mean, std, window: int = WINDOW):
+        self.profile, self.mean, self.std = profile, mean, std
+        self.inputs = deque(maxlen=window)  # [3] channel means per image
+        self.top1 = deque(maxlen=window)
+        self.margin = deque(maxlen=window)
+        self.entropy = deque(maxlen=window)
+        self.classes = deque(maxlen=window)
+        self.formats = Counter()
+        self.sizes = deque(maxlen=window)  # (width, height) as sent
+        self._lock = threading.Lock()
+
+    def saw(self, fmt: str, width: int, height: int) -> None:
+        """One image as it was sent (called from the decoding threads)."""
+        with self._lock:
+            self.formats[fmt] += 1
+            self.sizes.append((width, height))
+
+    def add_inputs(self, pixels: torch.Tensor) -> None:
+        """A batch's served pixels, uint8 [N, 3, H, W]."""
+        means = channel_means(pixels, self.mean, self.std)
+        with self._lock:
+            self.inputs.extend(means)
+
+    def add_answers(self, probs: torch.Tensor) -> dict:
+        stats = answer_stats(probs)
+        with self._lock:
+            self.top1.extend(stats["top1"])
+            self.margin.extend(stats["margin"])
+            self.entropy.extend(stats["entropy"])
+            self.classes.extend(stats["classes"].tolist())
+        return stats
+
+    def scores(self) -> dict:
+        """The drift scores and window statistics now (None where the window is too short)."""
+        with self._lock:
+            inputs, top1 = np.array(self.inputs), np.array(self.top1)
+            classes = list(self.classes)
+        out = {"input_drift_psi": None, "confidence_drift_ks": None, "top_class_share": None,
+               "mean_confidence": None, "reference_confidence": None}  # fmt: skip
+        if len(top1) >= MIN_WINDOW:
+            out["mean_confidence"] = float(top1.mean())
+            out["top_class_share"] = Counter(classes).most_common(1)[0][1] / len(classes)
+        if self.profile is None:
+            return out
+        out["reference_confidence"] = float(self.profile.top1.mean())
+        if len(inputs) >= MIN_WINDOW:
+            out["input_drift_psi"] = max(psi(self.profile.channel_means[:, c], inputs[:, c]) for c in range(3))
+        if len(top1) >= MIN_WINDOW:
+            out["confidence_drift_ks"] = ks(self.profile.top1, top1)
+        return out
+
+    def describe(self) -> dict:
+        """For health: the window against the reference."""
+        scores = self.scores()
+        with self._lock:
+            inputs = np.array(self.inputs)
+            window = {
+                "images": len(self.inputs),
+                "answers": len(self.top1),
+                "channel_means": inputs.mean(0).round(3).tolist() if len(inputs) else None,
+                "mean_margin": round(float(np.mean(self.margin)), 4) if self.margin else None,
+                "mean_entropy": round(float(np.mean(self.entropy)), 4) if self.entropy else None,
+                "formats": dict(self.formats),
+                "median_size": [int(np.median([s[i] for s in self.sizes])) for i in (0, 1)] if self.sizes else None,
+                "top_classes": Counter(self.classes).most_common(5),
+            }
+        reference = None
+        if self.profile is not None:
+            reference = {"images": len(self.profile.top1), "mean_confidence": round(float(self.profile.top1.mean()), 4),
+                         "channel_means": self.profile.channel_means.mean(0).round(3).tolist()}  # fmt: skip
+        return {"window": window, "reference": reference,
+                **{k: (round(v, 4) if v is not None else None) for k, v in scores.items()}}  # fmt: skip
