@@ -85,7 +85,7 @@ SERVE_USES := CHECKPOINT MODEL_NAME VERSION MAR FRESH CPU_WORKERS CPU_THREADS SE
 SERVE_REFUSES := MAR_DIR IMAGE IMAGE_TAG GPU BENCH_ARGS SOAK_ARGS PYTEST_ARGS WRAPPER_SRC
 MAR ?=
 FRESH ?=
-SERVE_MODEL = $$($(PY) -c "import sys; from tsctl.rollout import mar_version; print(mar_version(sys.argv[1])[0])" $(SERVE_MAR))
+SERVE_MODEL = $$($(PY) -c "import sys; from tsctl.steps import mar_version; print(mar_version(sys.argv[1])[0])" $(SERVE_MAR))
 SERVE_MAR = $(if $(MAR),$(MAR),$(if $(filter command line,$(origin CHECKPOINT)),model_store/$(MODEL_NAME).mar,$(DEFAULT_MAR)))
 
 serve: install java

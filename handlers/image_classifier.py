@@ -136,23 +136,28 @@ class ImageClassifier(BaseHandler):
 
     def postprocess(self, batch: Batch) -> list:
         start = time.perf_counter()
-        pending = batch.pending()
-        ks = [batch.requests[i].topk for i in pending for _ in batch.requests[i].images]
-        probs = probabilities(batch.logits) if ks else None
-        rows = top_k(probs, self.info.labels, ks) if ks else []
-        out = [self._answer(batch, i, rows) for i in range(len(batch))]
-        if probs is not None and self.settings.enabled("monitoring"):
-            self.metrics.answers(self.monitor.add_answers(probs)["top1"])
+        out = self.respond(batch, self.info.labels, self.version)
+        if batch.probs is not None and self.settings.enabled("monitoring"):
+            self.metrics.answers(self.monitor.add_answers(batch.probs)["top1"])
             self.metrics.drift(self.monitor.scores())
         self.metrics.stage("answer", time.perf_counter() - start)
         return out
 
-    def _answer(self, batch: Batch, idx: int, rows: list):
-        """Request `idx`'s body, with its status and headers set on the context."""
-        error, request = batch.errors[idx], batch.requests[idx]
+    def respond(self, batch: Batch, labels, version: str) -> list:
+        """Each request's body, in the batch's order, answered from `labels` as model `version`."""
+        pending = batch.pending()
+        ks = [batch.requests[i].topk for i in pending for _ in batch.requests[i].images]
+        batch.probs = probabilities(batch.logits) if ks else None
+        rows = top_k(batch.probs, labels, ks) if ks else []
+        return [self._answer(batch, i, rows, version) for i in range(len(batch))]
+
+    def _answer(self, batch: Batch, i: int, rows: list, version: str):
+        """Request i's body, with its status and headers set on the context (at its place there)."""
+        error, request, idx = batch.errors[i], batch.requests[i], batch.positions[i]
+        self._set_headers(idx, {"x-model-version": version})
         if error is None:
             try:
-                body, headers = response(request, rows[batch.spans[idx]], self.model_name, self.version)
+                body, headers = response(request, rows[batch.spans[i]], self.model_name, version)
                 self._set_headers(idx, headers)
                 self.requests_served += 1
                 self.metrics.request(request.protocol, "ok", time.perf_counter() - self.started)
@@ -174,23 +179,24 @@ class ImageClassifier(BaseHandler):
         except Exception as exc:
             return self._bug("reading", exc)
 
-    def _decode_all(self, images: list) -> list:
-        on_cpu = lambda rest: list(self.decoders.map(self._decode, rest))  # noqa: E731
+    def _decode_all(self, images: list, recipe=None) -> list:
+        recipe = recipe or self.info.recipe
+        on_cpu = lambda rest: list(self.decoders.map(lambda image: self._decode(image, recipe), rest))  # noqa: E731
         if self.device_decode:
-            return decode_batch(images, self.info.recipe, self.device, self.settings.max_image_pixels, on_cpu)
+            return decode_batch(images, recipe, self.device, self.settings.max_image_pixels, on_cpu)
         return on_cpu(images)
 
-    def _decode(self, image) -> torch.Tensor | RequestError:
+    def _decode(self, image, recipe=None) -> torch.Tensor | RequestError:
         """One image -> the recipe's pixels, or the RequestError its request is answered with."""
-        s = self.settings
+        s, recipe = self.settings, recipe or self.info.recipe
         try:
             if isinstance(image, torch.Tensor):
                 self._saw("pixels", image.shape[-1], image.shape[-2])
-                return tensor_pixels(image, self.info.recipe)
+                return tensor_pixels(image, recipe)
             return image_pixels(
                 image,
                 s.max_image_pixels,
-                self.info.recipe,
+                recipe,
                 draft=s.enabled("jpeg_draft"),
                 torchcodec=s.enabled("torchcodec"),
                 budget=self.budget,

@@ -37,6 +37,14 @@ METRICS = {
     "image_classifier_mean_confidence": (GAUGE, "Probability", []),
     "image_classifier_top_class_share": (GAUGE, "Share", []),
     "image_classifier_reference_confidence": (GAUGE, "Probability", []),  # the archive profile's mean top-1
+    # experiments (handlers/experiment/): shadow pairs and drops, and per arm its time and requests
+    "image_classifier_shadow_pairs_total": (COUNTER, "Count", ["agree"]),
+    "image_classifier_shadow_drops_total": (COUNTER, "Count", ["reason"]),
+    "image_classifier_shadow_agreement": (GAUGE, "Share", []),
+    "image_classifier_shadow_agreement_lower": (GAUGE, "Share", []),
+    "image_classifier_shadow_top5_overlap": (GAUGE, "Share", []),
+    "image_classifier_arm_seconds": (HISTOGRAM, "s", ["arm"]),
+    "image_classifier_arm_requests_total": (COUNTER, "Count", ["arm", "outcome"]),
 }
 
 
@@ -84,6 +92,27 @@ class HandlerMetrics:
     def answers(self, top1) -> None:
         for p in top1:
             self._emit("image_classifier_top1_probability", round(float(p), 6))
+
+    def arm_seconds(self, arm: str, seconds: float) -> None:
+        self._emit("image_classifier_arm_seconds", round(seconds, 6), arm)
+
+    def arm_request(self, arm: str, outcome: str) -> None:
+        self._emit("image_classifier_arm_requests_total", 1, arm, outcome)
+
+    def experiment(self, pairing) -> None:
+        """What the shadow's thread recorded since the last batch, and the agreement so far."""
+        for event in pairing.drain():
+            if event[0] == "pair":
+                self._emit("image_classifier_shadow_pairs_total", 1, event[1])
+            elif event[0] == "drop":
+                self._emit("image_classifier_shadow_drops_total", 1, event[1])
+            else:
+                self.arm_seconds(event[1], event[2])
+        summary = pairing.summary()
+        if summary["pairs"]:
+            self._emit("image_classifier_shadow_agreement", summary["top1_agreement"])
+            self._emit("image_classifier_shadow_agreement_lower", summary["top1_agreement_lower_95"])
+            self._emit("image_classifier_shadow_top5_overlap", summary["top5_overlap"])
 
     def drift(self, scores: dict) -> None:
         for key in (

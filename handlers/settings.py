@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from .experiment.config import ExperimentConfig
 from .model.engine import EngineOptions
 from .request.request import Limits
 
@@ -39,6 +40,7 @@ class Settings:
     device_decode: bool = False  # CUDA workers: a batch's JPEGs decoded on the GPU (nvJPEG)
     trust_program: bool = False  # serve a TorchScript / torch.export file (code); build_mar.py --trust-program
     disable: tuple = ()  # from `diagnostics: {disable: [...]}`: names from OPTIMIZATIONS
+    experiment: dict | None = None  # an experiment archive's candidate (handlers/experiment/config.py)
 
     @classmethod
     def from_model_yaml(cls, model_yaml_config: dict | None) -> Settings:
@@ -46,16 +48,20 @@ class Settings:
         error, not a silent no-op. Every option is checked here, once."""
         section = dict((model_yaml_config or {}).get("handler") or {})
         diagnostics = section.pop("diagnostics", None) or {}
-        known = {f.name: f for f in fields(cls) if f.name != "disable"}
+        experiment = section.pop("experiment", None)
+        if experiment is not None:
+            ExperimentConfig.from_dict(experiment)  # refused here, with the reason, if it is not one
+        known = {f.name: f for f in fields(cls) if f.name not in ("disable", "experiment")}
         unknown = sorted(set(section) - set(known))
         if unknown:
             raise ValueError(
-                f"unknown handler settings in model-config.yaml: {unknown}; known: {sorted(known) + ['diagnostics']}"
+                f"unknown handler settings in model-config.yaml: {unknown}; known: "
+                f"{sorted(known) + ['diagnostics', 'experiment']}"
             )
         if not isinstance(diagnostics, dict) or set(diagnostics) - {"disable"}:
             raise ValueError("handler setting diagnostics takes one key, disable: a list of optimisations")
         values = {name: _typed(name, value, type(known[name].default)) for name, value in section.items()}
-        settings = cls(**values, disable=_optimizations(diagnostics.get("disable")))
+        settings = cls(**values, disable=_optimizations(diagnostics.get("disable")), experiment=experiment)
         if settings.cpu_threads < 0 or settings.decode_threads < 0:
             raise ValueError("handler settings cpu_threads and decode_threads must be >= 0 (0: the default)")
         if settings.max_images_per_request < 1 or settings.max_image_pixels < 1 or settings.max_body_bytes < 1:

@@ -181,6 +181,20 @@ def archive(
     return mar, f"{summary}\n  {backends}"
 
 
+def experiment_archive(primary: Path, args, config: dict, tmp: Path) -> tuple[Path, str]:
+    """The primary's archive and the candidate's (archived here from a checkpoint) as one."""
+    from modeltools.experiment_archive import combine
+
+    candidate = args.candidate
+    if candidate.suffix != ".mar":
+        candidate, _ = archive(candidate, args.model_name, args.candidate_version, tmp / "candidate", config,
+                               reference_images=args.reference_images, onnx=not args.no_onnx)  # fmt: skip
+    args.export_path.mkdir(parents=True, exist_ok=True)
+    out = args.export_path / f"{args.model_name}.mar"
+    version = combine(primary, candidate, out, args.experiment, args.sample, args.share, args.key_header)
+    return out, f"experiment {version}: {args.experiment} of {candidate.name} beside {primary.name}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, type=Path)
@@ -223,6 +237,17 @@ def main(argv=None) -> int:
         "domain are best (default: the repository's samples/)",
     )
     parser.add_argument("--no-onnx", action="store_true", help="no ONNX file in the archive: it serves with torch")
+    experiment = parser.add_argument_group(
+        "an experiment archive: a candidate model beside this one (docs/EXPERIMENTS.md)"
+    )
+    experiment.add_argument(
+        "--candidate", type=Path, help="the candidate: a checkpoint in this project's format, or a .mar"
+    )
+    experiment.add_argument("--candidate-version", default="2.0", help="with a checkpoint as --candidate")
+    experiment.add_argument("--experiment", choices=["shadow", "split"], default="shadow")
+    experiment.add_argument("--sample", type=float, default=0.1, help="shadow: share of batches the candidate runs on")
+    experiment.add_argument("--share", type=float, default=0.5, help="split: share of requests the candidate answers")
+    experiment.add_argument("--key-header", default="X-User-Id", help="split: the header that assigns a request's arm")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -239,17 +264,11 @@ def main(argv=None) -> int:
                     args.version,
                     Path(tmp) / f"{args.model_name}.pt",
                 )
-            mar, summary = archive(
-                checkpoint,
-                args.model_name,
-                args.version,
-                args.export_path,
-                config,
-                args.handler,
-                args.model_file,
-                args.reference_images,
-                not args.no_onnx,
-            )
+            export = Path(tmp) / "primary" if args.candidate else args.export_path
+            mar, summary = archive(checkpoint, args.model_name, args.version, export, config, args.handler,
+                                   args.model_file, args.reference_images, not args.no_onnx)  # fmt: skip
+            if args.candidate:
+                mar, summary = experiment_archive(mar, args, config, Path(tmp))
         except (ValueError, RuntimeError, FileNotFoundError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -115,7 +115,12 @@ def test_describe_reports_health(handler, photos):
     assert health["model_version"] == "2.5" and health["checkpoint_version"] == "1.0"  # TorchServe's, the file's
     assert health["device"] == "cpu" and health["dtype"] == "float32" and health["graph"] == "frozen"
     assert health["requests_served"] == served + 1  # answered requests; the bad one is not counted
-    assert 0 < health["ready_after_s"] < 600 and health["warmup_ms"] > 0
+    # in-process the "worker" is the test process, so only the shape of the start report is checked here
+    assert (
+        health["ready_after_s"] > 0
+        and health["warmup_ms"] > 0
+        and set(health["start_s"]) == {"imports", "choose_engine"}
+    )
     assert health["torch_threads"] == torch.get_num_threads()
     assert health["static_padding_convs"] == 5  # tf_efficientnet_lite0: the stem and 4 strided depthwise convs
 

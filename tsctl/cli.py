@@ -9,6 +9,7 @@ from pathlib import Path
 
 import requests
 
+from tsctl import experiment as experiments
 from tsctl import serve as local
 from tsctl.client import ApiError, Client
 from tsctl.rollout import Gate, Plan, State, rollback, rollout
@@ -75,6 +76,25 @@ def main(argv=None) -> int:
     p.add_argument("--max-error-rate", type=float, default=0.05, help="error rate that triggers an automatic rollback")
     p.add_argument("--grace", type=float, default=30.0, help="seconds before the old version is unregistered")
     p.add_argument(
+        "--shadow-pairs",
+        type=int,
+        default=0,
+        help="before promotion, shadow live traffic until this many paired answers (0: no shadow phase)",
+    )
+    p.add_argument("--shadow-sample", type=float, default=1.0, help="share of live batches shadowed in that phase")
+    p.add_argument(
+        "--min-shadow-agreement",
+        type=float,
+        default=0.95,
+        help="the 95%% lower bound of live top-1 agreement the candidate must reach",
+    )
+    p.add_argument("--shadow-timeout", type=float, default=600.0, help="seconds to wait for --shadow-pairs")
+    p.add_argument(
+        "--metrics-url",
+        default="http://127.0.0.1:8082",
+        help="TorchServe's metrics address: the watch after promotion counts every client's errors there",
+    )
+    p.add_argument(
         "--recover", type=float, default=60.0, help="seconds a restore keeps retrying when TorchServe does not answer"
     )
     p = sub.add_parser("rollback", help="make the previous default the default again")
@@ -88,6 +108,15 @@ def main(argv=None) -> int:
     p.add_argument("--fresh", action="store_true", help="forget what was served before: only the given archives")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for every model to be ready")
     sub.add_parser("stop", help="remember what is served, then stop the TorchServe started here")
+    p = sub.add_parser("experiment", help="run a candidate beside the default on live traffic: shadow or split")
+    p.add_argument("action", choices=["start", "status", "stop"])
+    p.add_argument("model")
+    p.add_argument("candidate", nargs="?", type=Path, help="start: the candidate's archive (.mar)")
+    p.add_argument("--mode", choices=["shadow", "split"], default="shadow")
+    p.add_argument("--sample", type=float, default=0.1, help="shadow: share of live batches the candidate runs on")
+    p.add_argument("--share", type=float, default=0.5, help="split: share of requests the candidate answers")
+    p.add_argument("--key-header", default="X-User-Id", help="split: the header whose value assigns a request's arm")
+    p.add_argument("--model-store", type=Path, default=Path("model_store"), help="the server's model store")
     args = parser.parse_args(argv)
     client = Client(args.inference_url, args.management_url, args.key_file)
     try:
@@ -181,6 +210,11 @@ def _rollout(client: Client, args) -> int:
         args.max_error_rate,
         args.grace,
         args.recover,
+        args.shadow_pairs,
+        args.shadow_sample,
+        args.min_shadow_agreement,
+        args.shadow_timeout,
+        args.metrics_url,
     )
     return rollout(client, plan, _state(client, args.model))
 
@@ -193,6 +227,19 @@ def _serve(client: Client, args) -> int:
     local.serve(args.config, args.model_store, args.archives, _workdir(client), args.workers, args.fresh,
                 timeout_s=args.timeout)  # fmt: skip
     print(f"TorchServe runs from {_workdir(client)} (logs in {_workdir(client) / 'logs'}/)")
+    return 0
+
+
+def _experiment(client: Client, args) -> int:
+    if args.action == "start":
+        if args.candidate is None:
+            raise ValueError("tsctl experiment start MODEL CANDIDATE.mar: name the candidate's archive")
+        experiments.start(client, args.model, args.candidate, args.model_store, args.mode, args.sample, args.share,
+                          args.key_header)  # fmt: skip
+    elif args.action == "stop":
+        experiments.stop(client, args.model)
+    else:
+        print(json.dumps(experiments.status(client, args.model), indent=2))
     return 0
 
 
@@ -213,8 +260,9 @@ COMMANDS = {
     "rollback": _rollback,
     "serve": _serve,
     "stop": _stop,
+    "experiment": _experiment,
 }
-CHANGES_WHAT_IS_SERVED = {"register", "scale", "set-default", "unregister", "rollout", "rollback"}
+CHANGES_WHAT_IS_SERVED = {"register", "scale", "set-default", "unregister", "rollout", "rollback", "experiment"}
 
 if __name__ == "__main__":
     sys.exit(main())

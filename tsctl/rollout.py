@@ -11,22 +11,22 @@ never overwritten.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
-import shutil
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import requests
 
 from tsctl.client import ApiError, Client
+from tsctl.experiment import start as start_experiment
+from tsctl.experiment import status as experiment_status
+from tsctl.experiment import stop as stop_experiment
+from tsctl.steps import FAULTS, drain, live_requests, mar_version, retrying, stage_archive
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-# What may go wrong while talking to TorchServe: answers we did not want, no answer at all.
-FAULTS = (ApiError, requests.RequestException, TimeoutError, ValueError, KeyError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,11 @@ class Plan:
     max_error_rate: float = 0.05  # during the watch, above this rolls back
     grace_s: float = 30.0  # seconds before the old version is unregistered
     recover_s: float = 60.0  # how long a restore keeps trying a server that does not answer
+    shadow_pairs: int = 0  # > 0: a shadow phase on live traffic before promotion, until this many paired answers
+    shadow_sample: float = 1.0  # share of live batches the candidate shadows in that phase
+    min_shadow_agreement: float = 0.95  # the Wilson lower bound of live top-1 agreement must reach this
+    shadow_timeout_s: float = 600.0  # no verdict by then (too little traffic): not promoted
+    metrics_url: str | None = None  # TorchServe's metrics address: the watch reads live error counts there
 
 
 @dataclass
@@ -116,44 +121,15 @@ def gate_failures(old: GoldenRun, new: GoldenRun, gate: Gate) -> list[str]:
     return reasons
 
 
-def mar_version(mar: Path) -> tuple[str, str]:
-    """(model name, version) from an archive's MANIFEST.json."""
-    with zipfile.ZipFile(mar) as z:
-        model = json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]
-    return model["modelName"], model["modelVersion"]
-
-
-def stage_archive(mar: Path, model: str, version: str, model_store: Path) -> tuple[str, bool]:
-    """The archive in the model store under a per-version name -> (file name, whether it was
-    copied now). An archive of that name with other content is never overwritten: refused."""
-    name = f"{model}-v{version}.mar"
-    target = Path(model_store) / name
-    if target.exists():
-        if _digest(target) != _digest(mar):
-            raise ValueError(
-                f"{target} exists with other content: refusing to overwrite an archive the model store "
-                f"may serve or roll back to. Give the new archive another --version."
-            )
-        return name, False
-    partial = target.with_name(f".{name}.partial")
-    shutil.copyfile(mar, partial)
-    os.replace(partial, target)
-    return name, True
-
-
-def _digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
-def watch(client: Client, model: str, files: list[Path], seconds: float, max_error_rate: float, min_requests: int = 8):
-    """Probe the unversioned endpoint for `seconds`; returns None, or why it must roll back. A
-    request that fails in any way (an error answer, no answer) counts as an error; the rate is
-    judged early once `min_requests` were sent, and at the end on whatever was sent."""
+def watch(client: Client, model: str, files: list[Path], seconds: float, max_error_rate: float, min_requests: int = 8,
+          metrics_url: str | None = None):  # fmt: skip
+    """Probe the unversioned endpoint for `seconds`, and with `metrics_url` count what every
+    client got meanwhile (live error counts); returns None, or why it must roll back. A probe
+    that fails in any way (an error answer, no answer) counts as an error; the rate is judged
+    early once `min_requests` were seen, and at the end on whatever was seen."""
     sent = failed = 0
+    base = live_requests(metrics_url, model) if metrics_url else (0.0, 0.0)
+    live = (0.0, 0.0)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         path = files[sent % len(files)]
@@ -162,11 +138,17 @@ def watch(client: Client, model: str, files: list[Path], seconds: float, max_err
         except (ApiError, requests.RequestException):
             failed += 1
         sent += 1
-        if sent >= min_requests and failed / sent > max_error_rate:
+        if metrics_url:
+            with contextlib.suppress(requests.RequestException, ValueError):
+                now = live_requests(metrics_url, model)
+                live = (now[0] - base[0], now[1] - base[1])
+        seen, bad = max(sent, live[0]), max(failed, live[1])
+        if seen >= min_requests and bad / seen > max_error_rate:
             break
         time.sleep(0.1)
-    if sent and failed / sent > max_error_rate:
-        return f"error rate {failed}/{sent} = {failed / sent:.0%} > {max_error_rate:.0%} after promotion"
+    seen, bad = max(sent, live[0]), max(failed, live[1])
+    if seen and bad / seen > max_error_rate:
+        return f"error rate {bad:.0f}/{seen:.0f} = {bad / seen:.0%} > {max_error_rate:.0%} after promotion"
     return None
 
 
@@ -186,30 +168,21 @@ class State:
         os.replace(partial, self.path)
 
 
-def retrying(action, recover_s: float, what: str, log=print):
-    """`action()`, retried while TorchServe does not answer (connection errors, timeouts), for up
-    to `recover_s` seconds; an answer, even an error, ends the retries."""
-    deadline, delay = time.monotonic() + recover_s, 0.5
-    while True:
-        try:
-            return action()
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log(f"  {what}: no answer ({type(exc).__name__}); retrying")
-            time.sleep(delay)
-            delay = min(2 * delay, 5.0)
-
-
 class Restore:
     """Puts the model back as it was before the rollout, whatever step failed."""
 
     def __init__(self, client: Client, plan: Plan, old: str, new: str, staged: Path | None, log=print):
         self.client, self.plan, self.old, self.new, self.staged, self.log = client, plan, old, new, staged, log
+        self.experiment = None  # the version of a shadow phase's experiment while it runs
 
     def before_promotion(self) -> bool:
-        """The new version unregistered; the old default was never changed."""
-        return self._steps([(f"unregister v{self.new}", self._unregister_new)])
+        """The new version unregistered (and a shadow phase's experiment: the old default set
+        back, its version unregistered); the old default was never changed otherwise."""
+        steps = [(f"unregister v{self.new}", self._unregister_new)]
+        if self.experiment:
+            set_old = (f"set v{self.old} as the default", lambda: self.client.set_default(self.plan.model, self.old))
+            steps = [set_old, (f"unregister v{self.experiment}", lambda: self._unregister(self.experiment)), *steps]
+        return self._steps(steps)
 
     def after_promotion(self) -> bool:
         """The old default set back, then the new version unregistered."""
@@ -217,8 +190,12 @@ class Restore:
         return self._steps([set_old, (f"unregister v{self.new}", self._unregister_new)])
 
     def _unregister_new(self):
+        self._unregister(self.new)
+
+    def _unregister(self, version: str):
+        drain(self.client, self.plan.model, version)
         try:
-            self.client.unregister(self.plan.model, self.new)
+            self.client.unregister(self.plan.model, version)
         except ApiError as exc:
             if exc.status != 404:  # 404: it was never registered, which is the state wanted
                 raise
@@ -262,6 +239,20 @@ def rollout(client: Client, plan: Plan, state: State, log=print) -> int:
             f"top-1 agrees on {agree}/{len(old_run.top1)}"
         )
         reasons = gate_failures(old_run, new_run, plan.gate)
+        if not reasons and plan.shadow_pairs:
+            restore.experiment = start_experiment(
+                client,
+                model,
+                Path(plan.model_store) / url,
+                plan.model_store,
+                "shadow",
+                plan.shadow_sample,
+                recover_s=plan.recover_s,
+                log=log,
+            )
+            reasons = shadow_failures(client, model, plan, log)
+            stop_experiment(client, model, plan.recover_s, log)
+            restore.experiment = None
         if reasons:
             restore.before_promotion()
             log(f"refused: v{new} not promoted; default stays v{old}:\n  " + "\n  ".join(reasons))
@@ -279,7 +270,7 @@ def rollout(client: Client, plan: Plan, state: State, log=print) -> int:
             rolled_back_from=None,
         )
         log(f"promoted v{new}; watching the error rate for {plan.watch_s:.0f} s ...")
-        why = watch(client, model, files, plan.watch_s, plan.max_error_rate)
+        why = watch(client, model, files, plan.watch_s, plan.max_error_rate, metrics_url=plan.metrics_url)
     except FAULTS as exc:
         log(f"rollout of v{new} interrupted: {exc}")
         if promoted and restore.after_promotion():
@@ -296,12 +287,39 @@ def rollout(client: Client, plan: Plan, state: State, log=print) -> int:
     log(f"v{new} healthy; retiring v{old} after a {plan.grace_s:.0f} s grace period ...")
     time.sleep(plan.grace_s)
     try:
+        drain(client, model, old)
         retrying(lambda: client.unregister(model, old), plan.recover_s, f"unregister v{old}", log)
     except FAULTS as exc:
         log(f"v{new} is the default, but v{old} could not be retired ({exc}): tsctl unregister {model} {old}")
         return 0
     log(f"done: {model} default is v{new}")
     return 0
+
+
+def shadow_failures(client: Client, model: str, plan: Plan, log=print) -> list[str]:
+    """Wait for `plan.shadow_pairs` paired answers of live traffic; why the candidate must not be
+    promoted (empty when the live agreement's lower bound and its latency pass)."""
+    log(f"shadowing live traffic until {plan.shadow_pairs} paired answers (at most {plan.shadow_timeout_s:.0f} s) ...")
+    deadline, seen = time.monotonic() + plan.shadow_timeout_s, {}
+    while time.monotonic() < deadline:
+        seen = experiment_status(client, model) or {}
+        if seen.get("pairs", 0) >= plan.shadow_pairs:
+            break
+        time.sleep(1)
+    else:
+        return [f"only {seen.get('pairs', 0)} paired answers in {plan.shadow_timeout_s:.0f} s of live traffic "
+                f"(--shadow-pairs {plan.shadow_pairs})"]  # fmt: skip
+    lower, seconds = seen["top1_agreement_lower_95"], seen["seconds_per_batch"]
+    log(f"  live top-1 agreement {seen['top1_agreement']:.1%} over {seen['pairs']} answers (lower 95% bound "
+        f"{lower:.1%}), top-5 overlap {seen['top5_overlap']:.2f}, seconds per batch {seconds}")  # fmt: skip
+    reasons = []
+    if lower < plan.min_shadow_agreement:
+        reasons.append(f"live top-1 agreement's lower bound {lower:.1%} < {plan.min_shadow_agreement:.0%} "
+                       f"over {seen['pairs']} answers")  # fmt: skip
+    limit = seconds["primary"] * plan.gate.max_p99_ratio + plan.gate.p99_slack_ms / 1000
+    if seconds["candidate"] is not None and seconds["candidate"] > limit:
+        reasons.append(f"the candidate takes {seconds['candidate'] * 1000:.0f} ms a batch > {limit * 1000:.0f} ms")
+    return reasons
 
 
 def rollback(client: Client, model: str, state: State, workers: int, log=print) -> int:

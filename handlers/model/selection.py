@@ -109,8 +109,10 @@ def choose_engine(
     onnx_path: Path | None,
     reference: ReferenceSet | None,
     cache_dir: Path,
+    threads: int | None = None,
 ) -> tuple[Engine, Selection]:
-    """The engine that serves, warmed up, and the selection that chose it."""
+    """The engine that serves, warmed up, and the selection that chose it; on the CPU with
+    `threads` threads (default: torch's, the worker's)."""
     candidates, unavailable = available(device, options, onnx_path is not None)
     if not candidates:
         raise ValueError(
@@ -123,9 +125,9 @@ def choose_engine(
             c for c in candidates if c.backend == "torch" and (c.precision == "float32" or options.precision != "auto")
         ]
         candidates = safe or candidates[:1]
-    build = builder(recipe, device, batch_size, options, build_torch, onnx_path, cache_dir)
+    build = builder(recipe, device, batch_size, options, build_torch, onnx_path, cache_dir, threads)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = fingerprint(device, batch_size, options)
+    key = fingerprint(device, batch_size, options, threads)
     with _locked(cache_dir / "lock"):
         engine, selection = _from_cache(cache_dir, key, candidates, build, reference)
         if engine is None:
@@ -139,8 +141,8 @@ def choose_engine(
     return engine, selection
 
 
-def builder(recipe, device, batch_size, options, build_torch, onnx_path, cache_dir):
-    threads = torch.get_num_threads() if device.type == "cpu" else 1
+def builder(recipe, device, batch_size, options, build_torch, onnx_path, cache_dir, threads=None):
+    threads = (threads or torch.get_num_threads()) if device.type == "cpu" else 1
     streams = options.streams(device, threads)
 
     def build(candidate: Candidate) -> Engine:
@@ -244,7 +246,7 @@ def _time(engines: dict, batch_size: int, reference: ReferenceSet | None, measur
     return {c: 1000 * t / sum(sizes) for c, t in best.items()}
 
 
-def fingerprint(device: torch.device, batch_size: int, options: EngineOptions) -> str:
+def fingerprint(device: torch.device, batch_size: int, options: EngineOptions, threads: int | None = None) -> str:
     """What a decision depends on besides the archive (the cache lives in the model's own unpacked directory)."""
     cpu = next(
         (line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.processor()

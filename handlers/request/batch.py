@@ -21,6 +21,11 @@ class Batch:
     pixels: torch.Tensor | None = None  # uint8 [images, 3, H, W], every image of the requests without an error
     spans: list = field(default_factory=list)  # per request: its rows of `pixels` (a slice), or None
     logits: torch.Tensor | None = None  # float32 [images, classes]
+    probs: torch.Tensor | None = None  # float32 [images, classes], once answered
+    positions: list = field(default_factory=list)  # per request: its place in TorchServe's batch
+
+    def __post_init__(self):
+        self.positions = self.positions or list(range(len(self.requests)))
 
     @classmethod
     def read(cls, results: list) -> Batch:
@@ -29,6 +34,11 @@ class Batch:
             [r if isinstance(r, Request) else None for r in results],
             [r if isinstance(r, RequestError) else None for r in results],
         )
+
+    def subset(self, indices: list[int]) -> Batch:
+        """These requests as a batch of their own (before decoding), keeping their places."""
+        return Batch([self.requests[i] for i in indices], [self.errors[i] for i in indices],
+                     positions=[self.positions[i] for i in indices])  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.requests)

@@ -1,0 +1,82 @@
+"""Two archives -> one experiment archive: the primary's files as they are, the candidate's
+checkpoint, ONNX file and reference photos under candidate/, the experiment in the primary's
+model-config.yaml (`handler: {experiment: ...}`), and an entry file that serves it with
+handlers/experiment_classifier.py. TorchServe registers it as a version of the primary's model,
+so set-default starts and stops the experiment at once."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from handlers.experiment.config import CANDIDATE_DIR, ExperimentConfig
+
+ENTRY = "experiment_handler.py"
+ENTRY_CODE = '''"""An experiment archive's entry point (modeltools/experiment_archive.py)."""
+
+from handlers.experiment_classifier import ExperimentClassifier
+
+
+class ExperimentHandler(ExperimentClassifier):
+    pass
+'''
+CANDIDATE_FILES = ("model.onnx", "reference.pt")
+
+
+def read_archive(mar: Path) -> tuple[dict, dict, dict]:
+    """(manifest's model section, model-config.yaml, {name: bytes})."""
+    with zipfile.ZipFile(mar) as z:
+        files = {name: z.read(name) for name in z.namelist() if not name.endswith("/")}
+    manifest = json.loads(files["MAR-INF/MANIFEST.json"])
+    config = yaml.safe_load(files.get("model-config.yaml", b"")) or {}
+    return manifest, config, files
+
+
+def experiment_version(primary: str, mode: str, candidate: str) -> str:
+    return f"{primary}-{mode}-{candidate}"
+
+
+def combine(
+    primary: Path,
+    candidate: Path,
+    out: Path,
+    mode: str,
+    sample: float = 0.1,
+    share: float = 0.5,
+    key_header: str = "x-user-id",
+) -> str:
+    """Write the experiment archive of `primary` and `candidate` to `out`; returns its version."""
+    manifest, config, files = read_archive(primary)
+    c_manifest, c_config, c_files = read_archive(candidate)
+    if "handlers/experiment_classifier.py" not in files:
+        raise ValueError(f"{primary} predates experiments (no handlers/experiment_classifier.py): archive it again")
+    model, c_model = manifest["model"], c_manifest["model"]
+    experiment = ExperimentConfig(mode, f"{CANDIDATE_DIR}/{c_model['serializedFile']}", c_model["modelVersion"],
+                                  model["modelVersion"], sample, share, key_header.lower())  # fmt: skip
+    handler = dict(config.get("handler") or {})
+    handler["experiment"] = experiment.to_dict()
+    if (c_config.get("handler") or {}).get("trust_program"):  # a program the candidate's archive was trusted with
+        handler["trust_program"] = True
+    config["handler"] = handler
+    version = experiment_version(model["modelVersion"], mode, c_model["modelVersion"])
+    manifest["model"] = {**model, "modelVersion": version, "handler": ENTRY}
+    combined = {
+        name: data for name, data in files.items() if name not in ("MAR-INF/MANIFEST.json", "model-config.yaml")
+    }
+    combined[f"{CANDIDATE_DIR}/{c_model['serializedFile']}"] = c_files[c_model["serializedFile"]]
+    for name in CANDIDATE_FILES:
+        if name in c_files:
+            combined[f"{CANDIDATE_DIR}/{name}"] = c_files[name]
+    combined["model-config.yaml"] = yaml.safe_dump(config, sort_keys=False).encode()
+    combined[ENTRY] = ENTRY_CODE.encode()
+    combined["MAR-INF/MANIFEST.json"] = json.dumps(manifest, indent=2).encode()
+    out = Path(out)
+    partial = out.with_name(f".{out.name}.partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in combined.items():
+            z.writestr(name, data)
+    partial.replace(out)
+    return version

@@ -1,0 +1,180 @@
+"""Experiments in-process, with TorchServe's Context: an experiment archive of the default model and
+a copy whose classifier rows are permuted (so agreement is known), built as build_mar builds it.
+Shadow answers are the primary's, byte for byte; the pairs' agreement is what the two models give
+offline; a candidate that raises or lags never changes an answer; a split assigns each key to
+one arm, for good, near the share."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from ts.context import Context
+
+from handlers.experiment.config import ExperimentConfig, takes_candidate
+from handlers.experiment.pairing import Pairing, wilson_lower
+from handlers.model.checkpoint import load_classifier, read_checkpoint
+from handlers.model.recipe import normalize
+from handlers.request.pixels import image_pixels
+from modeltools.save import save_checkpoint
+from tests.conftest import ROOT
+from tests.handler_harness import run_batch
+
+PHOTOS = sorted((ROOT / "samples").glob("*.jpg"))
+
+
+def permuted_checkpoint(default_checkpoint, path: Path, version: str = "3.0") -> Path:
+    state_dict, info = read_checkpoint(default_checkpoint)
+    perm = torch.randperm(len(info.labels), generator=torch.Generator().manual_seed(0))
+    shuffled = {k: (v[perm] if k.startswith("classifier.") else v) for k, v in state_dict.items()}
+    save_checkpoint(path, shuffled, info.architecture, info.recipe, info.labels, version)
+    return path
+
+
+def experiment_handler(default_checkpoint, tmp: Path, mode: str, **options):
+    candidate = permuted_checkpoint(default_checkpoint, tmp / "permuted.pt")
+    # one backend, as the comparison handler's (the session's, torch float32): answers comparable byte for byte
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    args += ["--set", "handler.backend=torch", "--set", "handler.precision=float32"]
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_mar.py"), "--checkpoint", str(default_checkpoint),
+                    "--model-name", "m", "--export-path", str(tmp / "store"), "--candidate", str(candidate),
+                    "--candidate-version", "3.0", "--experiment", mode, "--no-onnx", *args],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    folder = tmp / "unpacked"
+    with zipfile.ZipFile(tmp / "store" / "m.mar") as mar:
+        mar.extractall(folder)
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+    sys.path.insert(0, str(folder))
+    from experiment_handler import ExperimentHandler  # the archive's own entry file
+
+    sys.path.remove(str(folder))
+    handler = ExperimentHandler()
+    config = yaml.safe_load((folder / "model-config.yaml").read_text())
+    handler.initialize(Context("m", str(folder), manifest, 8, None, "0.12.0", model_yaml_config=config))
+    return handler
+
+
+@pytest.fixture(scope="module")
+def shadow(default_checkpoint, tmp_path_factory):
+    return experiment_handler(default_checkpoint, tmp_path_factory.mktemp("shadow"), "shadow", sample=1.0)
+
+
+@pytest.fixture(scope="module")
+def split(default_checkpoint, tmp_path_factory):
+    return experiment_handler(default_checkpoint, tmp_path_factory.mktemp("split"), "split", share=0.5)
+
+
+def offline_top1(checkpoint) -> list[str]:
+    model, info = load_classifier(checkpoint, torch.device("cpu"))
+    pixels = torch.stack([image_pixels(p.read_bytes(), 10**9, info.recipe) for p in PHOTOS])
+    with torch.inference_mode():
+        return [info.labels[i] for i in model(normalize(pixels, info.recipe)).argmax(1).tolist()]
+
+
+def test_a_key_lands_in_one_arm_for_good_and_keys_split_near_the_share():
+    keys = [f"user-{i}" for i in range(10_000)]
+    arms = [takes_candidate(k, 0.3) for k in keys]
+    assert arms == [takes_candidate(k, 0.3) for k in keys]  # stable
+    assert abs(np.mean(arms) - 0.3) < 0.02
+    assert not any(takes_candidate(k, 0.0) for k in keys[:100]) and all(takes_candidate(k, 1.0) for k in keys[:100])
+
+
+def test_wilson_lower_bound_and_pairing_by_label():
+    assert wilson_lower(0, 0) == 0 and wilson_lower(95, 100) == pytest.approx(0.8882, abs=1e-3)
+    pairing = Pairing(["a", "b", "c"], ["c", "a", "b"])  # the same classes, listed in another order
+    primary = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
+    candidate = torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.4, 0.1]])  # "a" then "c"
+    pairing.record(primary, candidate, 0.01, 0.02)
+    summary = pairing.summary()
+    assert summary["pairs"] == 2 and summary["top1_agreement"] == 0.5
+    assert summary["primary_top1_probability_change"] == pytest.approx(((0.6 - 0.7) + (0.1 - 0.8)) / 2)
+
+
+def test_a_bad_experiment_setting_is_refused():
+    with pytest.raises(ValueError, match="mode"):
+        ExperimentConfig.from_dict(
+            {"mode": "mirror", "candidate": "c/x.pt", "candidate_version": "2", "primary_version": "1"}
+        )
+    with pytest.raises(ValueError, match="sample"):
+        ExperimentConfig.from_dict(
+            {"mode": "shadow", "candidate": "c", "candidate_version": "2", "primary_version": "1", "sample": 0}
+        )
+
+
+def test_shadow_answers_are_the_primarys_and_agreement_is_what_the_models_give_offline(
+    shadow, handler, default_checkpoint, tmp_path
+):
+    items = [{"body": p.read_bytes()} for p in PHOTOS]
+    answers = run_batch(shadow, items)
+    shadow.shadow.pending.result()  # the candidate's pass, done in its own thread
+    primary_only = run_batch(handler, items)
+    assert [json.dumps(a.body) for a in answers] == [json.dumps(a.body) for a in primary_only]
+    assert {a.headers["x-model-version"] for a in answers} == {"1.0"}
+    expected = (
+        offline_top1(default_checkpoint),
+        offline_top1(permuted_checkpoint(default_checkpoint, tmp_path / "p.pt")),
+    )
+    agree = sum(a == b for a, b in zip(*expected))
+    summary = shadow.describe_handle()["experiment"]
+    assert summary["pairs"] % len(PHOTOS) == 0 and summary["pairs"] >= len(PHOTOS)
+    assert summary["top1_agreement"] == pytest.approx(agree / len(PHOTOS)) and agree < len(PHOTOS) / 2
+
+
+def test_a_candidate_that_raises_or_lags_never_changes_an_answer(shadow, monkeypatch):
+    items = [{"body": p.read_bytes()} for p in PHOTOS[:4]] + [{"body": b"not an image"}]
+    before = run_batch(shadow, items)
+    shadow.shadow.pending.result()
+    dropped = dict(shadow.pairing.drops)
+    monkeypatch.setattr(shadow.candidate_engine, "run", lambda pixels: 1 / 0)
+    raised = run_batch(shadow, items)
+    shadow.shadow.pending.result()
+    assert shadow.pairing.drops["error"] == dropped.get("error", 0) + 1
+    release = threading.Event()
+    real = shadow.candidate_engine.__class__.run
+
+    def lagging(pixels):
+        release.wait(30)
+        return real(shadow.candidate_engine, pixels)
+
+    monkeypatch.setattr(shadow.candidate_engine, "run", lagging)
+    first = run_batch(shadow, items)  # the candidate takes it and waits
+    second = run_batch(shadow, items)  # answered while the candidate still works: its batch is dropped
+    release.set()
+    shadow.shadow.pending.result()
+    assert shadow.pairing.drops["busy"] >= dropped.get("busy", 0) + 1
+    for answers in (raised, first, second):
+        assert [(a.status, json.dumps(a.body)) for a in answers] == [(a.status, json.dumps(b.body))
+                                                                     for a, b in zip(before, before)]  # fmt: skip
+
+
+def test_a_split_answers_each_key_from_one_arm_with_its_version(split):
+    photo = PHOTOS[0].read_bytes()
+    keys = [f"user-{i}" for i in range(16)]
+    answers = run_batch(split, [{"body": photo}] * 16, headers=[{"X-User-Id": k} for k in keys])
+    again = run_batch(split, [{"body": photo}] * 16, headers=[{"X-User-Id": k} for k in keys])
+    versions = [a.headers["x-model-version"] for a in answers]
+    assert versions == [a.headers["x-model-version"] for a in again]  # the same arm, every time
+    assert versions == ["3.0" if takes_candidate(k, 0.5) else "1.0" for k in keys]
+    assert {"1.0", "3.0"} <= set(versions) and all(a.status == 200 for a in answers)
+    labels = {v: {a.body[0]["label"] for a, ver in zip(answers, versions) if ver == v} for v in ("1.0", "3.0")}
+    assert len(labels["1.0"]) == 1 and labels["1.0"] != labels["3.0"]  # the permuted candidate answers otherwise
+    oip = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [__import__("base64").b64encode(photo).decode()],
+            }
+        ]
+    }
+    (answer,) = run_batch(split, [{"body": oip}], headers=[{"X-User-Id": keys[versions.index("3.0")]}])
+    assert json.loads(answer.body)["model_version"] == "3.0"
