@@ -31,7 +31,7 @@ from handlers.model.reference import FILE as REFERENCE_FILE
 from handlers.model.reference import ReferenceSet
 from handlers.model.selection import choose_engine
 from handlers.model.workers import replaces_a_worker
-from handlers.monitoring import Monitor, Profile
+from handlers.monitoring import Monitor, Profile, Reporter
 from handlers.request.answers import probabilities, top_k
 from handlers.request.batch import Batch
 from handlers.request.budget import DecodeBudget, release_freed_memory
@@ -87,6 +87,8 @@ class ImageClassifier(BaseHandler):
         self.limits = s.limits(len(self.info.labels), behind_kserve=bool(os.environ.get("TS_SERVICE_ENVELOPE")))
         self.device_decode = self.device.type == "cuda" and s.device_decode
         self.metrics = HandlerMetrics(None, context.model_name)
+        if s.enabled("monitoring"):
+            self.reporter = Reporter(self.monitor, lambda: self.metrics).start()
         self.requests_served = 0
         self.ready_after_s = round(time.time() - started, 1)
         self.start_s["choose_engine"] = round(self.ready_after_s - self.start_s["imports"], 2)
@@ -138,8 +140,7 @@ class ImageClassifier(BaseHandler):
         start = time.perf_counter()
         out = self.respond(batch, self.info.labels, self.version)
         if batch.probs is not None and self.settings.enabled("monitoring"):
-            self.metrics.answers(self.monitor.add_answers(batch.probs)["top1"])
-            self.metrics.drift(self.monitor.scores())
+            self.monitor.add_answers(batch.probs)  # reported by self.reporter's thread
         self.metrics.stage("answer", time.perf_counter() - start)
         return out
 

@@ -22,8 +22,10 @@ reference of a few photos leave a chi-square no power.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +36,9 @@ MIN_WINDOW = 20  # below this many, no score is reported (None)
 PSI_BINS = np.linspace(-2.5, 2.5, 21)  # normalised units; values beyond fall in the end bins
 PSI_FLOOR = 1e-3  # a bin's smallest share: a bin empty on one side stays finite
 SAMPLE_STRIDE = 4  # every 4th row and column of a crop: 1/16 of its pixels
+REPORT_EVERY_S = 1.0  # the scores and the answers' histogram are reported this often, off the request path
+REPORT_SAMPLE = 64  # at most this many answers' top-1 probabilities go into the histogram per report
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class Monitor:
         self.classes = deque(maxlen=window)
         self.formats = Counter()
         self.sizes = deque(maxlen=window)  # (width, height) as sent
+        self.unreported = []  # top-1 probabilities not yet reported as metrics
         self._lock = threading.Lock()
 
     def saw(self, fmt: str, width: int, height: int) -> None:
@@ -121,7 +127,14 @@ class Monitor:
             self.margin.extend(stats["margin"])
             self.entropy.extend(stats["entropy"])
             self.classes.extend(stats["classes"].tolist())
+            self.unreported.extend(stats["top1"].tolist())
         return stats
+
+    def take_unreported(self) -> list:
+        """The top-1 probabilities added since the last call."""
+        with self._lock:
+            taken, self.unreported = self.unreported, []
+        return taken
 
     def scores(self) -> dict:
         """The drift scores and window statistics now (None where the window is too short)."""
@@ -163,3 +176,44 @@ class Monitor:
                          "channel_means": self.profile.channel_means.mean(0).round(3).tolist()}  # fmt: skip
         return {"window": window, "reference": reference,
                 **{k: (round(v, 4) if v is not None else None) for k, v in scores.items()}}  # fmt: skip
+
+
+class Reporter:
+    """Reports a Monitor as metrics from a thread of its own, once every REPORT_EVERY_S while
+    answers arrive: the answers' top-1 probabilities into their histogram (an even sample of at
+    most REPORT_SAMPLE of them, so its buckets' shares are the distribution's, not its counts the
+    requests'), then the scores as gauges. The request path only adds to the window
+    (Monitor.add_inputs, add_answers): the scores over the window, and a metric line per image,
+    would otherwise cost a batch more than 1% of its inference (`make bench`, monitoring_cost).
+    The gauges are at most a second behind the traffic."""
+
+    def __init__(self, monitor: Monitor, metrics: Callable, every_s: float = REPORT_EVERY_S):
+        self.monitor, self.metrics, self.every_s = monitor, metrics, every_s  # metrics() -> HandlerMetrics
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="monitor-report", daemon=True)
+
+    def start(self) -> Reporter:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.report()
+        self.report()
+
+    def report(self) -> bool:
+        """Reports what arrived since the last report; False when nothing did."""
+        top1 = self.monitor.take_unreported()
+        if not top1:
+            return False
+        try:
+            metrics = self.metrics()
+            metrics.answers(top1[:: -(-len(top1) // REPORT_SAMPLE)])
+            metrics.drift(self.monitor.scores())
+        except Exception:  # a bug here must not stop the reports that follow, nor any request
+            logger.exception("reporting the monitoring metrics failed")
+        return True

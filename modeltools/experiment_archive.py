@@ -47,8 +47,10 @@ def combine(
     sample: float = 0.1,
     share: float = 0.5,
     key_header: str = "x-user-id",
+    model_name: str | None = None,
 ) -> str:
-    """Write the experiment archive of `primary` and `candidate` to `out`; returns its version."""
+    """Write the experiment archive of `primary` and `candidate` to `out`, registered as a version
+    of the primary's model (or of `model_name`); returns its version."""
     manifest, config, files = read_archive(primary)
     c_manifest, c_config, c_files = read_archive(candidate)
     if "handlers/experiment_classifier.py" not in files:
@@ -62,7 +64,12 @@ def combine(
         handler["trust_program"] = True
     config["handler"] = handler
     version = experiment_version(model["modelVersion"], mode, c_model["modelVersion"])
-    manifest["model"] = {**model, "modelVersion": version, "handler": ENTRY}
+    manifest["model"] = {
+        **model,
+        "modelVersion": version,
+        "handler": ENTRY,
+        "modelName": model_name or model["modelName"],
+    }
     combined = {
         name: data for name, data in files.items() if name not in ("MAR-INF/MANIFEST.json", "model-config.yaml")
     }

@@ -28,7 +28,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_alone import accuracy, model_alone, setups  # noqa: E402
+from bench_alone import accuracy, model_alone, monitoring_cost, setups  # noqa: E402
 from bench_forms import FORMS, build_form  # noqa: E402
 from build_mar import archive, model_config  # noqa: E402
 from stock_archive import build_stock_mar  # noqa: E402
@@ -180,6 +180,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--forms-concurrency", type=int, default=8, help="clients of the request-form runs")
     parser.add_argument(
+        "--no-comparisons",
+        dest="comparisons",
+        action="store_false",
+        help="skip the side-by-side runs of monitoring off, shadow 10%% and 100%%, split 50/50",
+    )
+    parser.add_argument(
         "--variant",
         type=parse_variant,
         action="append",
@@ -237,6 +243,10 @@ def main(argv=None) -> int:
     for name, overrides in args.variant:
         handlers[name] = f"bench_{name}"
         archive(args.checkpoint, handlers[name], "1.0", store, config(args.cpu_threads, overrides))
+    comparisons = {}  # side by side at 500x375, 8 clients: what monitoring and experiments cost
+    if "500x375" in image_sets and "ours" in handlers and args.comparisons:
+        comparisons = build_comparisons(args, ours, store, config(args.cpu_threads))
+        handlers.update({name: model for name, model in comparisons.items() if name != "ours"})
     unpacked = args.out / "unpacked"  # this handler's archive as a worker sees it
     shutil.rmtree(unpacked, ignore_errors=True)
     with zipfile.ZipFile(ours) as mar:
@@ -244,6 +254,8 @@ def main(argv=None) -> int:
 
     print("top-1 agreement with the float32 reference pipeline ...")
     agreement = accuracy(args.checkpoint, unpacked, args.photos, image_sets, args.out / "engine-cache" / "accuracy")
+    print("the monitoring's cost per batch ...")
+    monitoring = monitoring_cost(args.checkpoint, unpacked, args.batch_size)
     print("preparing the model-alone setups (every backend and precision) ...")
     alone_setups = setups(args.checkpoint, unpacked, threads, args.batch_size, args.out / "engine-cache")
 
@@ -261,13 +273,13 @@ def main(argv=None) -> int:
             f"/models/{HANDLERS['ours_scaled']}",
             params={"min_worker": args.scaled_workers, "max_worker": args.scaled_workers, "synchronous": "true"},
         ).raise_for_status()
-    runs, alone_rounds, form_runs = [], [], []
+    runs, alone_rounds, form_runs, comparison_runs = [], [], [], []
     restart = worker_restart(server, HANDLERS["ours"]) if "ours" in handlers else None
     try:
         # Rounds interleave everything (model alone, each size, each handler), so a slow
         # spell on a shared host hits all of them; each figure is the median over rounds.
         total = args.repeats * (
-            (len(image_sets) * len(handlers) * len(concurrencies) + len(forms)) * args.duration
+            (len(image_sets) * len(handlers) * len(concurrencies) + len(forms) + len(comparisons)) * args.duration
             + len(alone_setups) * ALONE_SECONDS
         )
         with tqdm(total=total, unit="s", desc="bench") as bar:
@@ -298,6 +310,11 @@ def main(argv=None) -> int:
                         form.json_sizes,
                     )
                     form_runs.append({"form": name, "round": rep, **result})
+                for name, model in comparisons.items():
+                    bar.set_postfix_str(f"round {rep + 1}: 500x375 {name}")
+                    result = run_wrk(f"{server.inference_url}/predictions/{model}", server.keys.inference,
+                                     image_sets["500x375"], 8, args.duration, bar)  # fmt: skip
+                    comparison_runs.append({"form": name, "round": rep, **result})
     finally:
         server.stop()
 
@@ -306,6 +323,8 @@ def main(argv=None) -> int:
         "model_alone_img_s": median_by_key(alone_rounds),
         "runs": median_runs(runs),
         "forms": median_runs(form_runs, key="form"),
+        "comparisons": median_runs(comparison_runs, key="form"),
+        "monitoring_cost": monitoring,
         "worker_restart": restart,
         "engine_selection": (restart or {}).pop("engine_selection", {}),
         "agreement": agreement,
@@ -331,6 +350,25 @@ def main(argv=None) -> int:
         plot(report, args.out / "latency_throughput.png")
     print((args.out / "results.md").read_text())
     return 0
+
+
+def build_comparisons(args, ours: Path, store: Path, config: dict) -> dict:
+    """{name: registered model}: this handler as served, with monitoring off, and as the primary of
+    a shadow (10% and 100% of batches) and a 50/50 split with a candidate of the same weights."""
+    from modeltools.experiment_archive import combine
+
+    candidate, _ = archive(args.checkpoint, "bench_candidate", "2.0", args.out / "candidate", config)
+    off = model_config(ROOT / "model-config.yaml", [f"{k}={v}" for k, v in (("batchSize", args.batch_size),
+                       ("maxBatchDelay", args.max_batch_delay), ("handler.cpu_threads", args.cpu_threads))]
+                       + ["handler.diagnostics.disable=[monitoring]"])  # fmt: skip
+    archive(args.checkpoint, "bench_no_monitoring", "1.0", store, off)
+    models = {"ours": HANDLERS["ours"], "no_monitoring": "bench_no_monitoring"}
+    for name, mode, sample in (("shadow10", "shadow", 0.1), ("shadow100", "shadow", 1.0), ("split50", "split", 0.1)):
+        combine(
+            ours, candidate, store / f"bench_{name}.mar", mode, sample=sample, share=0.5, model_name=f"bench_{name}"
+        )
+        models[name] = f"bench_{name}"
+    return models
 
 
 def worker_restart(server: TorchServe, model: str, kills: int = 2) -> dict:

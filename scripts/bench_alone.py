@@ -162,3 +162,61 @@ def accuracy(checkpoint: Path, archive: Path, photos: Path, image_sets: dict, ca
                          "served": info.labels[served_i], "same_top1": ref_i == served_i,
                          "acceptable": labels.get(path.name), "prob_shift": served_p - ref_p})  # fmt: skip
     return rows
+
+
+def monitoring_cost(checkpoint: Path, archive: Path, batch: int, rounds: int = 200) -> dict:
+    """Milliseconds the handler's monitoring adds to a batch beside the engine's time for it: on
+    the request path (the window's statistics), and its reporting thread's work (the histogram's
+    lines, the drift scores and their gauges through TorchServe's metrics cache) spread over the
+    batches a second holds when the engine runs flat out."""
+    import logging
+
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    from handlers.metrics import HandlerMetrics
+    from handlers.monitoring import REPORT_EVERY_S, Monitor, Profile, Reporter
+    from handlers.request.answers import probabilities
+
+    info = load_classifier(checkpoint, CPU)[1]
+    recipe = info.recipe
+    monitor = Monitor(Profile.of(ReferenceSet.load(archive / REFERENCE_FILE), recipe.mean, recipe.std), recipe.mean,
+                      recipe.std)  # fmt: skip
+    cache = MetricsCacheYamlImpl(config_file_path=str(Path(__file__).resolve().parents[1] / "metrics.yaml"))
+    cache.initialize_cache()
+    cache.model_name = "bench"
+    metric_log = logging.getLogger("ts.metrics.caching_metric")
+    metric_log.setLevel(logging.INFO)  # as in a worker: every line written
+    metric_log.addHandler(logging.NullHandler())
+    metric_log.propagate = False
+    reporter = Reporter(monitor, lambda: HandlerMetrics(cache, "bench"))
+    engine, _ = served_engine(archive, checkpoint, batch, archive.parent / "engine-cache-monitoring")
+    pixels = torch.randint(0, 256, (batch, 3, *recipe.crop_hw), dtype=torch.uint8)
+    probs = probabilities(engine.run(pixels).logits)  # the answers' probabilities, computed for them anyway
+
+    def observe():  # what preprocess and postprocess add to a batch
+        monitor.add_inputs(pixels)
+        monitor.add_answers(probs)
+
+    for _ in range(10):
+        observe()
+        engine.run(pixels)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        observe()
+    path_ms = (time.perf_counter() - start) * 1000 / rounds
+    start = time.perf_counter()
+    for _ in range(20):
+        engine.run(pixels)
+    engine_ms = (time.perf_counter() - start) * 1000 / 20
+    per_second = max(1, round(REPORT_EVERY_S * 1000 / engine_ms))  # batches between two reports
+    report_ms, reports = 0.0, 20
+    for _ in range(reports):
+        for _ in range(per_second):
+            monitor.add_answers(probs)
+        start = time.perf_counter()
+        reporter.report()
+        report_ms += (time.perf_counter() - start) * 1000 / reports
+    added = path_ms + report_ms / per_second
+    return {"batch": batch, "path_ms": round(path_ms, 3), "report_ms": round(report_ms, 3),
+            "batches_per_report": per_second, "monitoring_ms": round(added, 3), "engine_ms": round(engine_ms, 2),
+            "share_of_engine": round(added / engine_ms, 4)}  # fmt: skip

@@ -50,6 +50,25 @@ def targets(report) -> list[tuple[str, float, str, bool]]:
     return out
 
 
+def comparison_targets(report) -> list[tuple[str, float, str, bool]]:
+    rows = {r["form"]: r["throughput"] for r in report.get("comparisons", [])}
+    out = []
+    if "ours" in rows and "shadow10" in rows:
+        ratio = rows["shadow10"] / rows["ours"]
+        out.append(
+            ("shadow of 10% of batches vs the primary alone (500x375, 8 clients)", ratio, ">= 0.9x", ratio >= 0.9)
+        )
+    cost = report.get("monitoring_cost")
+    if cost:
+        out.append((f"monitoring per batch of {cost['batch']} vs the engine's time for it ({cost['monitoring_ms']} ms "
+                    f"against {cost['engine_ms']} ms)", cost["share_of_engine"], "<= 0.01x",
+                    cost["share_of_engine"] <= 0.01))  # fmt: skip
+    if "ours" in rows and "no_monitoring" in rows:
+        ratio = rows["ours"] / rows["no_monitoring"]
+        out.append(("with monitoring vs without (500x375, 8 clients)", ratio, ">= 0.99x", ratio >= 0.99))
+    return out
+
+
 def _fastest_verified_alone(report) -> tuple[str, float] | None:
     """The fastest row of a runtime called directly (or the eager model) whose backend and
     precision passed the served engine's verification."""
@@ -129,7 +148,7 @@ def markdown(report) -> str:
             )
     except (StopIteration, ValueError):  # a partial run (--sizes/--handlers): no ratios
         lines.append("| (partial run: targets need both handlers and both sizes) | | | |")
-    for what, ratio, goal, met in form_targets(report):
+    for what, ratio, goal, met in form_targets(report) + comparison_targets(report):
         lines.append(f"| {what} | {ratio:.3f}x | {goal} | {'yes' if met else 'NO'} |")
     lines += [
         "",
@@ -158,6 +177,15 @@ def markdown(report) -> str:
                 f"| {r['form']} | {r['concurrency']} | {r['throughput']:.1f} | {ratio} | {r['p50_ms']:.0f} | "
                 f"{r['p99_ms']:.0f} | {r['errors']} |"
             )
+    if report.get("comparisons"):
+        lines += ["", "## Monitoring and experiments (500x375 photos, 8 clients, side by side)", "",
+                  "| this handler as | req/s | vs as served | p50 ms | p99 ms | errors |",
+                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        base = next((r["throughput"] for r in report["comparisons"] if r["form"] == "ours"), None)
+        for r in report["comparisons"]:
+            ratio = f"{r['throughput'] / base:.3f}x" if base else ""
+            lines.append(f"| {r['form']} | {r['throughput']:.1f} | {ratio} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                         f"{r['errors']} |")  # fmt: skip
     lines += [
         "",
         "## Model alone (no decoding, no server)",

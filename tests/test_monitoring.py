@@ -5,6 +5,7 @@ its alert, a collapse of confidence moves the confidence score; scores need a fu
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from PIL import Image
 from handlers.model.checkpoint import load_classifier
 from handlers.model.recipe import normalize
 from handlers.model.reference import FILE, ReferenceSet
-from handlers.monitoring import MIN_WINDOW, Monitor, Profile, answer_stats, ks, psi
+from handlers.monitoring import MIN_WINDOW, REPORT_SAMPLE, Monitor, Profile, Reporter, answer_stats, ks, psi
 from handlers.request.pixels import image_pixels
 from tests.conftest import ROOT
 
@@ -100,3 +101,51 @@ def test_no_score_before_the_window_holds_enough(model_and_recipe):
     scores = feed(monitor, model, recipe, pixels, times=1)
     assert scores["input_drift_psi"] is None and scores["confidence_drift_ks"] is None and MIN_WINDOW > 2
     assert Monitor(None, recipe.mean, recipe.std).scores()["input_drift_psi"] is None
+
+
+class Recorded:
+    """What a Reporter reported (HandlerMetrics' two calls it makes); `fail` raises instead."""
+
+    def __init__(self, fail: bool = False):
+        self.top1, self.scores, self.fail = [], [], fail
+
+    def answers(self, top1):
+        if self.fail:
+            raise RuntimeError("a bug in reporting")
+        self.top1.append(list(top1))
+
+    def drift(self, scores):
+        self.scores.append(scores)
+
+
+def test_the_reporter_reports_a_sample_of_new_answers_and_the_scores_once_per_round():
+    monitor, recorded = Monitor(None, (0.5,) * 3, (0.5,) * 3), Recorded()
+    reporter = Reporter(monitor, lambda: recorded)
+    assert reporter.report() is False and recorded.top1 == []  # nothing arrived: nothing reported
+    probs = torch.softmax(torch.randn(50, 10), 1)
+    for _ in range(6):
+        monitor.add_answers(probs)
+    assert reporter.report() is True
+    (sample,) = recorded.top1
+    assert 0 < len(sample) <= REPORT_SAMPLE < 300 and set(sample) <= set(probs.max(1).values.tolist())
+    assert recorded.scores[0]["mean_confidence"] == pytest.approx(float(probs.max(1).values.mean()), rel=1e-5)
+    assert reporter.report() is False and len(recorded.top1) == 1  # each answer reported once
+
+
+def wait_until(check, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return check()
+
+
+def test_a_failing_report_leaves_the_reporting_thread_running():
+    monitor, broken = Monitor(None, (0.5,) * 3, (0.5,) * 3), Recorded(fail=True)
+    reporter = Reporter(monitor, lambda: broken, every_s=0.01).start()
+    monitor.add_answers(torch.softmax(torch.randn(4, 10), 1))
+    assert wait_until(lambda: not monitor.unreported)  # taken, and its report raised
+    broken.fail = False
+    monitor.add_answers(torch.softmax(torch.randn(4, 10), 1))
+    assert wait_until(lambda: bool(broken.top1)), "no report after a failed one"
+    reporter.stop()
+    assert len(broken.top1[0]) == 4
