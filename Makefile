@@ -22,7 +22,7 @@ CPU_THREADS ?=
 # make bench BENCH_ARGS="--handlers ours --sizes 500x375" SERVE_OMP_ENV=OMP_WAIT_POLICY=PASSIVE.
 SERVE_OMP_ENV ?= GOMP_SPINCOUNT=10000
 
-.PHONY: serve stop mar test bench install java wrk prometheus clean kserve-bundle kserve-wrapper image soak
+.PHONY: serve stop mar test test-slow bench install java wrk prometheus clean kserve-bundle kserve-wrapper image soak
 
 install: $(VENV)/.installed
 
@@ -59,9 +59,16 @@ $(DEFAULT_MAR): $(DEFAULT_CKPT) $(shell find handlers -name "*.py") model-config
 	$(PY) scripts/build_mar.py --checkpoint $(DEFAULT_CKPT) --model-name efficientnet_lite0 --version 1.0
 
 # Archive any checkpoint in this project's format: make mar CHECKPOINT=x.pt MODEL_NAME=y VERSION=2.0 [MAR_DIR=dir]
+# An experiment archive, a candidate beside it (docs/EXPERIMENTS.md): add CANDIDATE=z.pt or z.mar
+# [CANDIDATE_VERSION=2.0] EXPERIMENT=shadow|split [EXPERIMENT_ARGS="--sample 0.2" or "--share 0.1 --key-header X-User-Id"]
 MAR_DIR ?= model_store
+CANDIDATE ?=
+CANDIDATE_VERSION ?= 2.0
+EXPERIMENT ?= shadow
+EXPERIMENT_ARGS ?=
 mar: install
-	$(PY) scripts/build_mar.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION) --export-path $(MAR_DIR)
+	$(PY) scripts/build_mar.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION) --export-path $(MAR_DIR) \
+	  $(if $(CANDIDATE),--candidate $(CANDIDATE) --candidate-version $(CANDIDATE_VERSION) --experiment $(EXPERIMENT) $(EXPERIMENT_ARGS))
 
 # KServe: the storage bundle for KServe's TorchServe runtime (docs/KUBERNETES.md), for any
 # checkpoint: make kserve-bundle CHECKPOINT=x.pt MODEL_NAME=y VERSION=2.0 -> build/kserve/y/
@@ -82,7 +89,7 @@ image:
 # store); or CHECKPOINT=x.pt MODEL_NAME=y [VERSION=z], archived first (make mar). TorchServe also
 # serves again what it served when `make stop` last stopped it (tsctl serve; FRESH=1 forgets it).
 SERVE_USES := CHECKPOINT MODEL_NAME VERSION MAR FRESH CPU_WORKERS CPU_THREADS SERVE_OMP_ENV SAMPLE
-SERVE_REFUSES := MAR_DIR IMAGE IMAGE_TAG GPU BENCH_ARGS SOAK_ARGS PYTEST_ARGS WRAPPER_SRC
+SERVE_REFUSES := MAR_DIR CANDIDATE CANDIDATE_VERSION EXPERIMENT EXPERIMENT_ARGS IMAGE IMAGE_TAG GPU BENCH_ARGS SOAK_ARGS PYTEST_ARGS WRAPPER_SRC
 MAR ?=
 FRESH ?=
 SERVE_MODEL = $$($(PY) -c "import sys; from tsctl.steps import mar_version; print(mar_version(sys.argv[1])[0])" $(SERVE_MAR))
@@ -158,10 +165,17 @@ prometheus:
 	  { echo "apt-get could not install prometheus."; exit 1; }; \
 	else echo "make test needs Prometheus and promtool (Debian/Ubuntu: sudo apt-get install -y prometheus)."; exit 1; fi
 
+# make test: lint, the unit tests and the integration tests of every component (minutes);
+# make test-slow: the ones that take minutes each (injected faults mid-rollout, a host restart,
+# every checkpoint format served, the hostile corpus, the guides' examples run as written).
+# .ci/run runs both.
 test: install java prometheus $(DEFAULT_MAR) kserve-wrapper
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install java prometheus $(DEFAULT_MAR) kserve-wrapper
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 clean:
 	-$(TSCTL) stop 2>/dev/null

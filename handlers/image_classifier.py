@@ -22,6 +22,7 @@ import torch
 # two seconds of every worker start; base_handler then notes "OpenVINO is not enabled" for
 # torch.compile, which is true and harmless here.
 sys.modules.setdefault("openvino.torch", None)
+sys.modules.setdefault("openvino_telemetry", None)  # that import still imports openvino: see import_openvino
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.metrics import HandlerMetrics

@@ -95,7 +95,9 @@ def runtimes_alone(onnx: Path, pixels: torch.Tensor, threads: int) -> list[tuple
     except ImportError:
         pass
     try:
-        import openvino
+        from handlers.model.onnx_backends import import_openvino
+
+        openvino = import_openvino()
     except ImportError:
         return out
     core = openvino.Core()

@@ -189,9 +189,11 @@ def experiment_archive(primary: Path, args, config: dict, tmp: Path) -> tuple[Pa
     if candidate.suffix != ".mar":
         candidate, _ = archive(candidate, args.model_name, args.candidate_version, tmp / "candidate", config,
                                reference_images=args.reference_images, onnx=not args.no_onnx)  # fmt: skip
+    combined = tmp / "experiment.mar"
+    version = combine(primary, candidate, combined, args.experiment, args.sample, args.share, args.key_header)
     args.export_path.mkdir(parents=True, exist_ok=True)
-    out = args.export_path / f"{args.model_name}.mar"
-    version = combine(primary, candidate, out, args.experiment, args.sample, args.share, args.key_header)
+    out = args.export_path / f"{args.model_name}-v{version}.mar"  # as tsctl names it: never the primary's file
+    shutil.move(combined, out)
     return out, f"experiment {version}: {args.experiment} of {candidate.name} beside {primary.name}"
 
 

@@ -151,6 +151,7 @@ def test_report_states_the_openmp_environment_of_the_model_alone_and_of_the_work
     assert "the model alone with OMP_WAIT_POLICY=PASSIVE," in markdown(report)
 
 
+@pytest.mark.slow
 def test_model_alone_times_every_backend_and_the_engine_as_served_on_the_same_network(
     default_checkpoint, served_archive, tmp_path
 ):

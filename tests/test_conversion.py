@@ -59,6 +59,7 @@ def test_arbitrary_pickles_are_refused_unless_opted_in(tmp_path):
     assert isinstance(load_training_checkpoint(path, allow_unsafe=True), torch.nn.Module)
 
 
+@pytest.mark.slow
 def test_convert_command_validates_and_refuses_mismatches(tmp_path):
     sd = build_architecture("torchvision:resnet18", 3).state_dict()
     torch.save(
@@ -131,6 +132,7 @@ def test_default_weights_through_each_path_classify_the_photos(fmt, converted_de
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "export"])
+@pytest.mark.slow
 def test_programs_are_code_and_load_only_when_trusted(fmt, exported, tmp_path):
     with pytest.raises(ValueError, match="runs code from the file.*--trust-program"):
         load_handler(exported[fmt], tmp_path)
@@ -255,6 +257,7 @@ def test_int8_linear_quantization_keeps_top1_on_the_photos(default_checkpoint, h
         assert abs(p.body[0]["probability"] - q.body[0]["probability"]) < 0.05
 
 
+@pytest.mark.slow
 def test_unsafe_opt_in_is_recorded(tmp_path):
     model = build_architecture("torchvision:resnet18", 2)
     torch.save(model, tmp_path / "pickled.pt")

@@ -39,37 +39,47 @@ def permuted_checkpoint(default_checkpoint, path: Path, version: str = "3.0") ->
     return path
 
 
-def experiment_handler(default_checkpoint, tmp: Path, mode: str, **options):
+@pytest.fixture(scope="module")
+def archive(default_checkpoint, tmp_path_factory) -> Path:
+    """A shadow experiment archive, built as `build_mar.py --candidate` builds it."""
+    tmp = tmp_path_factory.mktemp("experiment")
     candidate = permuted_checkpoint(default_checkpoint, tmp / "permuted.pt")
     # one backend, as the comparison handler's (the session's, torch float32): answers comparable byte for byte
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
-    args += ["--set", "handler.backend=torch", "--set", "handler.precision=float32"]
     subprocess.run([sys.executable, str(ROOT / "scripts" / "build_mar.py"), "--checkpoint", str(default_checkpoint),
                     "--model-name", "m", "--export-path", str(tmp / "store"), "--candidate", str(candidate),
-                    "--candidate-version", "3.0", "--experiment", mode, "--no-onnx", *args],
+                    "--candidate-version", "3.0", "--experiment", "shadow", "--sample", "1.0", "--no-onnx",
+                    "--set", "handler.backend=torch", "--set", "handler.precision=float32"],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-    folder = tmp / "unpacked"
-    with zipfile.ZipFile(tmp / "store" / "m.mar") as mar:
+    (archive,) = (tmp / "store").glob("*.mar")
+    assert archive.name == "m-v1.0-shadow-3.0.mar"  # named for its version: never the primary's m.mar
+    return archive
+
+
+def experiment_handler(archive: Path, folder: Path, **experiment):
+    """The archive unpacked as TorchServe unpacks it and its handler initialised; `experiment`
+    overrides its settings (a split is the same archive with mode: split in model-config.yaml)."""
+    with zipfile.ZipFile(archive) as mar:
         mar.extractall(folder)
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+    config = yaml.safe_load((folder / "model-config.yaml").read_text())
+    config["handler"]["experiment"].update(experiment)
     sys.path.insert(0, str(folder))
     from experiment_handler import ExperimentHandler  # the archive's own entry file
 
     sys.path.remove(str(folder))
     handler = ExperimentHandler()
-    config = yaml.safe_load((folder / "model-config.yaml").read_text())
     handler.initialize(Context("m", str(folder), manifest, 8, None, "0.12.0", model_yaml_config=config))
     return handler
 
 
 @pytest.fixture(scope="module")
-def shadow(default_checkpoint, tmp_path_factory):
-    return experiment_handler(default_checkpoint, tmp_path_factory.mktemp("shadow"), "shadow", sample=1.0)
+def shadow(archive, tmp_path_factory):
+    return experiment_handler(archive, tmp_path_factory.mktemp("shadow"))
 
 
 @pytest.fixture(scope="module")
-def split(default_checkpoint, tmp_path_factory):
-    return experiment_handler(default_checkpoint, tmp_path_factory.mktemp("split"), "split", share=0.5)
+def split(archive, tmp_path_factory):
+    return experiment_handler(archive, tmp_path_factory.mktemp("split"), mode="split", share=0.5)
 
 
 def offline_top1(checkpoint) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import pytest
 import torch
@@ -188,6 +189,10 @@ def test_out_of_memory_splits_the_batch_and_still_answers_everything(default_che
 def test_handler_metrics_reach_torchserves_metrics_cache(handler, photos, caplog):
     caplog.set_level("INFO", logger="ts.metrics.caching_metric")
     run_batch(handler, [{"body": photos["dog1.jpg"]}, {"body": b"not an image, just text"}])
+    handler.reporter.report()  # the top-1 histogram comes from the reporting thread: report now, or it just did
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any("top1_probability" in r.getMessage() for r in caplog.records):
+        time.sleep(0.05)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
     names = {line.split("[METRICS]")[1].split(".")[0] for line in lines}
     assert {

@@ -24,7 +24,9 @@ def test_per_request_frontend_lines_are_off():
 
 
 def test_make_serve_and_local_server_use_it():
-    assert "--log-config tsctl/log4j2.xml" in (ROOT / "Makefile").read_text()
+    from tsctl import serve
     from tsctl.local_server import LOG_CONFIG
 
+    assert "$(TSCTL) serve" in (ROOT / "Makefile").read_text()  # make serve starts TorchServe through tsctl serve
+    assert serve.LOG_CONFIG is LOG_CONFIG
     assert LOG_CONFIG == ROOT / "tsctl" / "log4j2.xml" and LOG_CONFIG.exists()  # package data, not the checkout

@@ -5,6 +5,8 @@ worker, and the settings narrowing the choice."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from handlers.model.engine import EngineOptions
 from handlers.model.onnx_backends import OnnxRuntimeBackend
 from handlers.model.reference import FILE, ReferenceSet
 from handlers.model.selection import choose_engine
-from tests.conftest import labelled_photos
+from tests.conftest import ROOT, labelled_photos
 from tests.handler_harness import make_context, run_batch
 
 CPU = torch.device("cpu")
@@ -121,3 +123,17 @@ def test_the_handler_serves_the_labelled_photos_with_the_chosen_backend(archive,
     names = [n for n, ok in labelled_photos().items() if ok]
     for name, answer in zip(names, run_batch(handler, [{"body": photos[n]} for n in names])):
         assert answer.body[0]["label"] in labelled_photos()[name], (name, health["backend"], answer.body[0])
+
+
+def test_a_worker_imports_openvino_without_its_telemetry():
+    # openvino's import otherwise forks a process that posts a usage event, in every worker at load
+    pytest.importorskip("openvino")
+    code = (
+        "import sys, handlers.image_classifier\n"
+        "from handlers.model.onnx_backends import openvino_precisions\n"
+        "openvino_precisions(__import__('torch').device('cpu'))\n"
+        "import openvino.tools.ovc.telemetry_utils as t\n"
+        "print(t.tm.__name__, sys.modules['openvino_telemetry'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "None"]

@@ -10,6 +10,8 @@ import requests
 
 from tsctl.keys import bearer, read_keys
 
+UNREGISTER_ATTEMPTS = 4
+
 
 class ApiError(RuntimeError):
     """A non-2xx answer, with the server's own reason."""
@@ -99,8 +101,22 @@ class Client:
         return self.management("PUT", f"/models/{model}/{version}/set-default").json().get("status", "")
 
     def unregister(self, model: str, version: str | None = None) -> str:
+        """Unregister a version (or the model). TorchServe 0.12 sometimes answers 500
+        ConcurrentModificationException when requests arrive while it unregisters: retried, and a
+        404 after such an answer means the first attempt went through."""
         path = f"/models/{model}" + (f"/{version}" if version else "")
-        return self.management("DELETE", path, timeout=300).json().get("status", "")
+        raced = False
+        for attempt in range(UNREGISTER_ATTEMPTS):
+            try:
+                return self.management("DELETE", path, timeout=300).json().get("status", "")
+            except ApiError as exc:
+                if raced and exc.status == 404:
+                    return f"{model} {version or ''} unregistered".strip()
+                if exc.status != 500 or "ConcurrentModification" not in str(exc) or attempt == UNREGISTER_ATTEMPTS - 1:
+                    raise
+                raced = True
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def wait_ready(self, model: str, timeout_s: float) -> dict:
         """Poll describe until the model has a READY worker; returns its description."""

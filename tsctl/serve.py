@@ -29,9 +29,9 @@ import requests
 import yaml
 
 from tsctl.client import ApiError, Client
+from tsctl.local_server import LOG_CONFIG
 
 LAUNCH = "import sys; from ts.model_server import start; sys.exit(start())"
-LOG_CONFIG = Path(__file__).resolve().parent / "log4j2.xml"
 # what TorchServe's logs say when a worker dies or a model fails to load (it would retry forever)
 FAILURE_MARKS = ("Backend worker process died", "Auto recovery failed", "Failed to load model", "Load model failed")
 

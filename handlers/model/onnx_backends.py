@@ -8,6 +8,7 @@ serves with torch.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -30,12 +31,24 @@ def onnxruntime_providers(device: torch.device) -> list | None:
     return None
 
 
+def import_openvino():
+    """OpenVINO without its usage telemetry. Importing `openvino` imports its converter, which
+    sends an event to Google Analytics from a child process it forks, in every worker at load,
+    while the engine's threads run (a fork beside running threads can hang the worker); a server
+    should not call home either. With `openvino_telemetry` unimportable, OpenVINO uses its own
+    no-op stand-in."""
+    sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
 def openvino_precisions(device: torch.device) -> list[str]:
     """The precisions OpenVINO's CPU plugin runs natively here ([] without OpenVINO or off the CPU)."""
     if device.type != "cpu":
         return []
     try:
-        import openvino
+        openvino = import_openvino()
     except ImportError:
         return []
     capabilities = set(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -84,7 +97,7 @@ class OpenVinoBackend:
     stream_initializer = None
 
     def __init__(self, path, precision: str, threads: int, streams: int, cache_dir=None):
-        import openvino
+        openvino = import_openvino()
 
         core = openvino.Core()
         if cache_dir is not None:

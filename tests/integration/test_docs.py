@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
-DOCS = ["README.md", "docs/PROTOCOLS.md", "docs/MODELS.md", "docs/OPERATIONS.md"]
+DOCS = ["README.md", "docs/PROTOCOLS.md", "docs/MODELS.md", "docs/OPERATIONS.md", "docs/EXPERIMENTS.md"]
 PORTS = (8080, 8081, 8082, 7070, 7071)
 FENCE = re.compile(r"(?:<!-- not run: (?P<why>[^>]*) -->\s*\n)?```(?P<lang>\w*)\n(?P<code>.*?)\n```", re.S)
 WORD = re.compile(r"[A-Za-z][A-Za-z_-]{2,}")
@@ -79,6 +79,7 @@ def run(block: Block, work: Path, state: Path) -> str:
     return printed
 
 
+@pytest.mark.slow
 def test_the_guides_examples_run_as_written(default_checkpoint, tmp_path):
     busy = [p for p in PORTS if socket.socket().connect_ex(("127.0.0.1", p)) == 0]
     if busy:

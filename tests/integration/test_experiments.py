@@ -31,19 +31,27 @@ def server(default_checkpoint, bare, tmp_path_factory):
     store = work / "store"
     store.mkdir()
     build_mar(default_checkpoint, store, MODEL, "1.0", SETTINGS)
-    archives = {}
-    for version, checkpoint in (
-        ("2.0", default_checkpoint),
-        ("3.0", permuted_checkpoint(default_checkpoint, work / "p.pt")),
-    ):
-        folder = work / version
-        folder.mkdir()
-        archives[version] = build_mar(checkpoint, folder, MODEL, version, SETTINGS)
+    archives = Candidates(default_checkpoint, work)
     ts = TorchServe(work / "ts", store, f"{MODEL}.mar", python=bare, extra_config={"metrics_config": METRICS_YAML})
     ts.start([MODEL])
     ts.store, ts.archives, ts.work = store, archives, work
     yield ts
     ts.stop()
+
+
+class Candidates(dict):
+    """2.0: the primary's weights; 3.0: its classifier rows permuted. Built when first asked for."""
+
+    def __init__(self, checkpoint, work):
+        super().__init__()
+        self.checkpoint, self.work = checkpoint, work
+
+    def __missing__(self, version: str):
+        checkpoint = self.checkpoint if version == "2.0" else permuted_checkpoint(self.checkpoint, self.work / "p.pt")
+        folder = self.work / version
+        folder.mkdir()
+        self[version] = build_mar(checkpoint, folder, MODEL, version, SETTINGS)
+        return self[version]
 
 
 class LiveTraffic:
@@ -105,6 +113,7 @@ def do_rollout(server, version: str, **gate) -> tuple[int, str]:
     return code, "\n".join(log)
 
 
+@pytest.mark.slow
 def test_a_rollout_with_a_shadow_phase_promotes_a_candidate_that_agrees_on_live_traffic(server):
     with LiveTraffic(server) as traffic:
         code, log = do_rollout(server, "2.0")
@@ -113,6 +122,7 @@ def test_a_rollout_with_a_shadow_phase_promotes_a_candidate_that_agrees_on_live_
     assert traffic.codes and set(traffic.codes) == {200}
 
 
+@pytest.mark.slow
 def test_a_rollout_with_a_shadow_phase_refuses_a_candidate_that_disagrees_on_live_traffic(server):
     with LiveTraffic(server) as traffic:
         code, log = do_rollout(server, "3.0", min_agreement=0.0)  # past the golden gate: the shadow decides

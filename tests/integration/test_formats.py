@@ -17,6 +17,7 @@ from tsctl.local_server import TorchServe
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 def test_every_format_serves_the_labelled_photos(exported, tmp_path, bare):
     store = tmp_path / "store"
     store.mkdir()

@@ -36,6 +36,7 @@ def _outcome(resp) -> tuple[int, str]:
     return resp.status_code, body.get("type", "")
 
 
+@pytest.mark.slow
 def test_hostile_corpus_with_good_neighbours_and_no_restart(server, photos, cases):
     pids = server.worker_pids(MODEL)
     failures = []
@@ -59,6 +60,7 @@ def _small_jpeg_b64() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+@pytest.mark.slow
 def test_limits_at_and_one_past_their_value(server, photos):
     """TorchServe's max_request_size, its header and request-line limits, and the handler's
     images per request; each probe beside a good neighbour."""

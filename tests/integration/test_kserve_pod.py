@@ -205,7 +205,11 @@ def outcome(check: str) -> tuple[str, str]:
         return "fails", f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
-@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+@pytest.mark.parametrize(
+    "protocol",
+    # v2, as the shipped InferenceService sets it, in make test; the others in make test-slow
+    [p if p == "v2" else pytest.param(p, marks=pytest.mark.slow) for p in PROTOCOLS],
+)
 def test_every_client_through_the_wrapper_under_each_protocol_version(pod, protocol):
     wrapper = Wrapper(pod, protocol)
     try:

@@ -44,14 +44,20 @@ def client_for(workdir, ports) -> Client:
 
 
 @pytest.fixture(scope="module")
-def archives(default_checkpoint, tmp_path_factory):
+def store(default_checkpoint, tmp_path_factory):
     store = tmp_path_factory.mktemp("host-store")
     build_mar(default_checkpoint, store, MODEL, "1.0", ["batchSize=4", "maxBatchDelay=10"])
+    return store
+
+
+@pytest.fixture(scope="module")
+def archives(store, default_checkpoint, tmp_path_factory):
     v2 = tmp_path_factory.mktemp("v2")
     build_mar(default_checkpoint, v2, MODEL, "2.0", ["batchSize=2", "maxBatchDelay=30"])
     return store, v2 / f"{MODEL}.mar"
 
 
+@pytest.mark.slow
 def test_a_restart_serves_what_was_promoted_and_stop_leaves_other_servers_alone(archives, tmp_path, bare):
     store, v2 = archives
     other = TorchServe(tmp_path / "other", store, f"{MODEL}.mar", python=bare).start([MODEL])  # another checkout's
@@ -83,8 +89,7 @@ def test_a_restart_serves_what_was_promoted_and_stop_leaves_other_servers_alone(
         other.stop()
 
 
-def test_a_start_that_fails_is_reported_within_seconds_with_the_logs(archives, tmp_path):
-    store, _ = archives
+def test_a_start_that_fails_is_reported_within_seconds_with_the_logs(store, tmp_path):
     config, ports = host_config(tmp_path)
     with socket.socket() as taken:  # another program holds the inference port
         taken.bind(("127.0.0.1", ports["inference"]))

@@ -40,29 +40,33 @@ def ops(default_checkpoint, tmp_path_factory):
     ts.stop()
 
 
+class Archives(dict):
+    """v2.0: same weights; v3.0: classifier rows shuffled; v4.0: starts failing after 30 batches;
+    v5.0: its worker process dies after 30 batches; v6.0, v7.0: same weights, for the fault tests.
+    Each is built when a test first asks for it."""
+
+    def __init__(self, checkpoint, out):
+        super().__init__()
+        self.checkpoint, self.out = checkpoint, out
+
+    def __missing__(self, version: str):
+        fixtures = ROOT / "tests" / "fixtures"
+        ckpt, handler = self.checkpoint, {"4.0": fixtures / "flaky_handler.py", "5.0": fixtures / "crashing_handler.py"}
+        if version == "3.0":
+            state_dict, info = read_checkpoint(self.checkpoint)
+            perm = torch.randperm(len(info.labels), generator=torch.Generator().manual_seed(0))
+            shuffled = {k: (v[perm] if k.startswith("classifier.") else v) for k, v in state_dict.items()}
+            ckpt = self.out / "shuffled.pt"
+            save_checkpoint(ckpt, shuffled, info.architecture, info.recipe, info.labels, "3.0")
+        folder = self.out / version
+        folder.mkdir()
+        self[version] = build_mar(ckpt, folder, MODEL, version, FAST, handler=handler.get(version))
+        return self[version]
+
+
 @pytest.fixture(scope="module")
 def archives(default_checkpoint, tmp_path_factory):
-    """v2.0: same weights; v3.0: classifier rows shuffled; v4.0: starts failing after 30 batches;
-    v5.0: its worker process dies after 30 batches; v6.0, v7.0: same weights, for the fault tests."""
-    out = tmp_path_factory.mktemp("archives")
-    state_dict, info = read_checkpoint(default_checkpoint)
-    perm = torch.randperm(len(info.labels), generator=torch.Generator().manual_seed(0))
-    shuffled = {k: (v[perm] if k.startswith("classifier.") else v) for k, v in state_dict.items()}
-    save_checkpoint(out / "shuffled.pt", shuffled, info.architecture, info.recipe, info.labels, "3.0")
-    paths = {}
-    fixtures = ROOT / "tests" / "fixtures"
-    for version, ckpt, handler in [
-        ("2.0", default_checkpoint, None),
-        ("3.0", out / "shuffled.pt", None),
-        ("4.0", default_checkpoint, fixtures / "flaky_handler.py"),
-        ("5.0", default_checkpoint, fixtures / "crashing_handler.py"),
-        ("6.0", default_checkpoint, None),
-        ("7.0", default_checkpoint, None),
-    ]:
-        folder = out / version
-        folder.mkdir()
-        paths[version] = build_mar(ckpt, folder, MODEL, version, FAST, handler=handler)
-    return paths
+    return Archives(default_checkpoint, tmp_path_factory.mktemp("archives"))
 
 
 class Traffic:
@@ -188,6 +192,7 @@ def test_shuffled_classifier_is_refused_and_the_default_is_unchanged(ops, archiv
     assert set(traffic.codes) == {200}
 
 
+@pytest.mark.slow
 def test_version_failing_after_promotion_is_rolled_back(ops, archives):
     code, log = do_rollout(ops, archives["4.0"], watch=20)
     assert code == 1 and "rolled back to v2.0" in log and "error rate" in log, log
@@ -195,6 +200,7 @@ def test_version_failing_after_promotion_is_rolled_back(ops, archives):
     assert ops.post(MODEL, data=(IMAGES / "dog1.jpg").read_bytes()).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_promoted_version_whose_worker_dies_is_rolled_back(ops, archives):
     # requests queued for v5.0 while its worker restarts are not answered once it is
     # unregistered (TorchServe's own behaviour): the background traffic gives up after 10 s
@@ -220,6 +226,7 @@ class CutAt(Client):
 
 
 @pytest.mark.parametrize("call", ["register", "set_default"])
+@pytest.mark.slow
 def test_management_api_unreachable_mid_rollout_leaves_the_old_default(ops, archives, call):
     proxy = CuttableProxy(ops.ports["management"])
     with Traffic(ops, (IMAGES / "dog1.jpg").read_bytes()) as traffic:
@@ -230,6 +237,7 @@ def test_management_api_unreachable_mid_rollout_leaves_the_old_default(ops, arch
     assert not (ops.store / f"{MODEL}-v6.0.mar").exists()  # staged by this rollout, removed with it
 
 
+@pytest.mark.slow
 def test_torchserve_stopped_mid_rollout_fails_it_and_says_what_is_left(ops, archives):
     """Last in this module: it stops the module's TorchServe and starts it again."""
 
