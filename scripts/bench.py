@@ -21,6 +21,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import psutil
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -33,6 +34,7 @@ from bench_forms import FORMS, build_form  # noqa: E402
 from build_mar import archive, model_config  # noqa: E402
 from stock_archive import build_stock_mar  # noqa: E402
 
+from tsctl.client import ApiError  # noqa: E402
 from tsctl.local_server import TorchServe  # noqa: E402
 
 SIZES = {"500x375": (500, 375), "12MP": (4000, 3000)}
@@ -267,15 +269,15 @@ def main(argv=None) -> int:
     )
     server.env.update(args.server_env)
     server.start(list(handlers.values()))
-    if "ours_scaled" in handlers:
-        server.client.management(
-            "PUT",
-            f"/models/{HANDLERS['ours_scaled']}",
-            params={"min_worker": args.scaled_workers, "max_worker": args.scaled_workers, "synchronous": "true"},
-        ).raise_for_status()
     runs, alone_rounds, form_runs, comparison_runs = [], [], [], []
-    restart = worker_restart(server, HANDLERS["ours"]) if "ours" in handlers else None
     try:
+        if "ours_scaled" in handlers:
+            server.client.management(
+                "PUT",
+                f"/models/{HANDLERS['ours_scaled']}",
+                params={"min_worker": args.scaled_workers, "max_worker": args.scaled_workers, "synchronous": "true"},
+            ).raise_for_status()
+        restart = worker_restart(server, HANDLERS["ours"]) if "ours" in handlers else None
         # Rounds interleave everything (model alone, each size, each handler), so a slow
         # spell on a shared host hits all of them; each figure is the median over rounds.
         total = args.repeats * (
@@ -315,6 +317,7 @@ def main(argv=None) -> int:
                     result = run_wrk(f"{server.inference_url}/predictions/{model}", server.keys.inference,
                                      image_sets["500x375"], 8, args.duration, bar)  # fmt: skip
                     comparison_runs.append({"form": name, "round": rep, **result})
+        rss = {name: worker_rss_mib(server, model) for name, model in comparisons.items()}  # one model or two
     finally:
         server.stop()
 
@@ -324,6 +327,7 @@ def main(argv=None) -> int:
         "runs": median_runs(runs),
         "forms": median_runs(form_runs, key="form"),
         "comparisons": median_runs(comparison_runs, key="form"),
+        "worker_rss_mib": rss,
         "monitoring_cost": monitoring,
         "worker_restart": restart,
         "engine_selection": (restart or {}).pop("engine_selection", {}),
@@ -371,6 +375,11 @@ def build_comparisons(args, ours: Path, store: Path, config: dict) -> dict:
     return models
 
 
+def worker_rss_mib(server: TorchServe, model: str) -> int:
+    """Resident memory of the model's (first) worker process, after its load runs."""
+    return round(psutil.Process(server.worker_pids(model)[0]).memory_info().rss / 2**20)
+
+
 def worker_restart(server: TorchServe, model: str, kills: int = 2) -> dict:
     """A worker killed (SIGKILL) while nothing else runs, `kills` times: the best time from the
     kill to a new worker READY in TorchServe's description, and where the new worker's own
@@ -381,7 +390,10 @@ def worker_restart(server: TorchServe, model: str, kills: int = 2) -> dict:
         start = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         while True:
-            desc = server.client.management("GET", f"/models/{model}", params={"customized": "true"}).json()[0]
+            try:  # while no worker can describe the model, TorchServe answers 507 "Worker died."
+                desc = server.client.management("GET", f"/models/{model}", params={"customized": "true"}).json()[0]
+            except ApiError:
+                desc = {"workers": []}
             if any(w["status"] == "READY" and w["pid"] != pid for w in desc["workers"]):
                 break
             time.sleep(0.05)

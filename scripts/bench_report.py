@@ -179,13 +179,15 @@ def markdown(report) -> str:
             )
     if report.get("comparisons"):
         lines += ["", "## Monitoring and experiments (500x375 photos, 8 clients, side by side)", "",
-                  "| this handler as | req/s | vs as served | p50 ms | p99 ms | errors |",
-                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+                  "| this handler as | req/s | vs as served | p50 ms | p99 ms | errors | worker RSS after |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         base = next((r["throughput"] for r in report["comparisons"] if r["form"] == "ours"), None)
+        rss = report.get("worker_rss_mib", {})
         for r in report["comparisons"]:
             ratio = f"{r['throughput'] / base:.3f}x" if base else ""
+            memory = f"{rss[r['form']]:,} MiB" if r["form"] in rss else ""
             lines.append(f"| {r['form']} | {r['throughput']:.1f} | {ratio} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                         f"{r['errors']} |")  # fmt: skip
+                         f"{r['errors']} | {memory} |")  # fmt: skip
     lines += [
         "",
         "## Model alone (no decoding, no server)",
