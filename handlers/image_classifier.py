@@ -6,6 +6,7 @@ Absolute imports on purpose: in a .mar this file sits at the archive root beside
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import sys
@@ -44,12 +45,16 @@ from handlers.settings import Settings
 
 logger = logging.getLogger(__name__)
 TRIM_AFTER_PIXELS = 16_000_000  # a batch that decoded more gives the freed heap back afterwards
+# A load still running after this long writes every thread's stack to stderr (the model log),
+# then carries on: TorchServe gives a worker 120 s before it kills it, and says nothing of where.
+LOAD_WATCHDOG_S = 60.0
 
 
 class ImageClassifier(BaseHandler):
     """Image classification from any checkpoint or program in this project's format."""
 
     def initialize(self, context):
+        faulthandler.dump_traceback_later(LOAD_WATCHDOG_S)
         started = psutil.Process().create_time()
         self.start_s = {"imports": round(time.time() - started, 2)}  # process start -> here: Python, torch, TorchServe
         props = context.system_properties
@@ -93,6 +98,7 @@ class ImageClassifier(BaseHandler):
         self.requests_served = 0
         self.ready_after_s = round(time.time() - started, 1)
         self.start_s["choose_engine"] = round(self.ready_after_s - self.start_s["imports"], 2)
+        faulthandler.cancel_dump_traceback_later()
         self.initialized = True
         logger.info(
             "ready %.1f s after the worker started: %s v%s on %s",

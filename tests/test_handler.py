@@ -288,3 +288,22 @@ def test_faults_of_ours_while_reading_answering_or_running_stay_per_request(hand
     monkeypatch.setattr(handler.engine, "run", lambda pixels: 1 / 0)
     answers = run_batch(handler, [{"body": photos["dog1.jpg"]}, {"body": b"not an image"}])
     assert [a.status for a in answers] == [500, 400] and "running the model" in answers[0].body["message"]
+
+
+def test_a_load_that_hangs_writes_its_threads_stacks_to_the_log(default_checkpoint, tmp_path, monkeypatch, capfd):
+    # TorchServe kills a worker that does not load within 120 s and logs only that it timed out
+    from handlers import image_classifier
+
+    real = image_classifier.choose_engine
+
+    def stalled(*args, **kwargs):
+        time.sleep(1.5)  # past the watchdog below
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(image_classifier, "LOAD_WATCHDOG_S", 0.5)
+    monkeypatch.setattr(image_classifier, "choose_engine", stalled)
+    handler = load_handler(default_checkpoint, tmp_path, batch_size=2)
+    time.sleep(1)  # the watchdog was cancelled when the load finished: nothing more is written
+    err = capfd.readouterr().err
+    assert err.count("Timeout (0:00:00.500000)!") == 1 and "in stalled" in err and "in initialize" in err
+    assert handler.initialized
