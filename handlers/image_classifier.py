@@ -55,6 +55,20 @@ class ImageClassifier(BaseHandler):
 
     def initialize(self, context):
         faulthandler.dump_traceback_later(LOAD_WATCHDOG_S)
+        try:
+            self._load(context)
+        finally:  # loaded or failed: either way it no longer hangs
+            faulthandler.cancel_dump_traceback_later()
+        self.initialized = True
+        logger.info(
+            "ready %.1f s after the worker started: %s v%s on %s",
+            self.ready_after_s,
+            self.info.architecture,
+            self.version,
+            self.device,
+        )
+
+    def _load(self, context) -> None:
         started = psutil.Process().create_time()
         self.start_s = {"imports": round(time.time() - started, 2)}  # process start -> here: Python, torch, TorchServe
         props = context.system_properties
@@ -98,15 +112,6 @@ class ImageClassifier(BaseHandler):
         self.requests_served = 0
         self.ready_after_s = round(time.time() - started, 1)
         self.start_s["choose_engine"] = round(self.ready_after_s - self.start_s["imports"], 2)
-        faulthandler.cancel_dump_traceback_later()
-        self.initialized = True
-        logger.info(
-            "ready %.1f s after the worker started: %s v%s on %s",
-            self.ready_after_s,
-            self.info.architecture,
-            self.version,
-            self.device,
-        )
 
     def handle(self, data, context):
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
