@@ -14,9 +14,12 @@ from handlers.experiment.pairing import Pairing
 from handlers.experiment.shadow import Shadow
 from handlers.image_classifier import ImageClassifier
 from handlers.model.checkpoint import load_classifier, read_info
+from handlers.model.onnx_backends import INT8_FILE
 from handlers.model.reference import FILE as REFERENCE_FILE
 from handlers.model.reference import ReferenceSet
 from handlers.model.selection import choose_engine
+from handlers.model.verification import FILE as VERIFICATION_FILE
+from handlers.model.verification import VerificationRecord
 from handlers.request.batch import Batch
 from handlers.request.errors import RequestError
 
@@ -41,6 +44,9 @@ class ExperimentClassifier(ImageClassifier):
                                     self.settings.trust_program)[0],
             onnx if onnx.exists() else None, ReferenceSet.load(artifact.parent / REFERENCE_FILE),
             folder / ".engine-candidate", threads=1 if shadow else None,
+            record=VerificationRecord.load(artifact.parent / VERIFICATION_FILE),
+            int8_path=artifact.parent / INT8_FILE if (artifact.parent / INT8_FILE).exists() else None,
+            needs_evidence=self.settings.fast_pixels,
         )  # fmt: skip
         self.same_recipe = self.candidate_info.recipe == self.info.recipe
         self.pairing = Pairing(self.info.labels, self.candidate_info.labels)

@@ -29,9 +29,12 @@ from ts.torch_handler.base_handler import BaseHandler
 from handlers.metrics import HandlerMetrics
 from handlers.model.checkpoint import load_classifier, read_info
 from handlers.model.device import select_device, single_threaded_torch
+from handlers.model.onnx_backends import INT8_FILE
 from handlers.model.reference import FILE as REFERENCE_FILE
 from handlers.model.reference import ReferenceSet
 from handlers.model.selection import choose_engine
+from handlers.model.verification import FILE as VERIFICATION_FILE
+from handlers.model.verification import VerificationRecord
 from handlers.model.workers import replaces_a_worker
 from handlers.monitoring import Monitor, Profile, Reporter
 from handlers.request.answers import probabilities, top_k
@@ -90,6 +93,9 @@ class ImageClassifier(BaseHandler):
             onnx if onnx.exists() else None,
             reference,
             model_dir / ".engine",
+            record=VerificationRecord.load(model_dir / VERIFICATION_FILE),
+            int8_path=model_dir / INT8_FILE if (model_dir / INT8_FILE).exists() else None,
+            needs_evidence=s.fast_pixels,
         )
         recipe = self.info.recipe  # what is fed and how sure the answers are, against the archive's profile
         self.monitor = Monitor(Profile.of(reference, recipe.mean, recipe.std), recipe.mean, recipe.std)
@@ -205,15 +211,16 @@ class ImageClassifier(BaseHandler):
         try:
             if isinstance(image, torch.Tensor):
                 self._saw("pixels", image.shape[-1], image.shape[-2])
-                return tensor_pixels(image, recipe)
+                return tensor_pixels(image, recipe, s.fast_pixels)
             return image_pixels(
                 image,
                 s.max_image_pixels,
                 recipe,
-                draft=s.enabled("jpeg_draft"),
-                torchcodec=s.enabled("torchcodec"),
+                s.fast_pixels,
                 budget=self.budget,
                 on_open=self._saw,
+                draft=s.enabled("jpeg_draft"),
+                torchcodec=s.enabled("torchcodec"),
             )
         except RequestError as err:
             return err
@@ -248,6 +255,7 @@ class ImageClassifier(BaseHandler):
             "architecture": self.info.architecture,
             "num_classes": len(self.info.labels),
             "recipe": self.info.recipe.to_dict(),
+            "pixels": self.settings.pixels,
             "unsafe_source": self.info.unsafe_source,
             "ready_after_s": self.ready_after_s,
             "start_s": self.start_s,

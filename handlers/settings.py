@@ -24,6 +24,9 @@ OPTIMIZATIONS = (
 )
 
 
+PIXELS = ("exact", "fast")
+
+
 @dataclass(frozen=True)
 class Settings:
     topk: int = 5  # labels answered per image unless the request asks otherwise
@@ -32,7 +35,11 @@ class Settings:
     max_body_bytes: int = 24 * 1024 * 1024  # image bytes; TorchServe's max_request_size: 4/3 of this + 1 MiB
     max_images_per_request: int = 64  # images in one KServe v1 or OIP request
     backend: str = "auto"  # auto (the fastest verified here), torch, onnxruntime, openvino
-    precision: str = "auto"  # auto (any that keeps the reference answers), float32, float16, bfloat16
+    precision: str = "auto"  # auto and float32: float32 answers; bfloat16, float16, int8: measured first
+    # reduced precision or fast pixels serve only if their top-1 agrees with the float32 answers on
+    # at least this share of the archive's verification set (build_mar.py --verify-images)
+    min_agreement: float = 0.99
+    pixels: str = "exact"  # exact: timm's eval transform (Pillow); fast: JPEG DCT scaling, torch resize
     graph: str = "auto"  # torch: auto (frozen on CPU in float32, eager otherwise), eager, freeze, compile
     cpu_threads: int = 0  # torch threads per CPU worker; 0 = OMP_NUM_THREADS if set, else one per core
     decode_threads: int = 0  # images of a batch decoded at once; 0 = one per torch thread of the worker
@@ -70,8 +77,24 @@ class Settings:
             )
         if not 1 <= settings.topk <= settings.max_topk:
             raise ValueError(f"handler setting topk must be in 1..max_topk ({settings.max_topk})")
+        if not 0.0 < settings.min_agreement <= 1.0:
+            raise ValueError(f"handler setting min_agreement must be in (0, 1], got {settings.min_agreement}")
+        if settings.pixels not in PIXELS:
+            raise ValueError(f"handler setting pixels must be one of {PIXELS}, got {settings.pixels!r}")
+        if settings.device_decode and settings.pixels != "fast":
+            raise ValueError("handler setting device_decode needs pixels: fast (GPU-decoded pixels are not exact)")
         settings.engine_options()  # precision and graph are checked where they are defined
         return settings
+
+    @property
+    def fast_pixels(self) -> bool:
+        return self.pixels == "fast"
+
+    @property
+    def changes_answers(self) -> bool:
+        """Whether these settings serve anything but the float32 answers on exact pixels: then the
+        archive must carry the measurement of what that costs (handlers/model/verification.py)."""
+        return self.fast_pixels or self.precision not in ("auto", "float32")
 
     def enabled(self, optimization: str) -> bool:
         return optimization not in self.disable

@@ -23,7 +23,7 @@ from handlers.experiment_classifier import ExperimentClassifier
 class ExperimentHandler(ExperimentClassifier):
     pass
 '''
-CANDIDATE_FILES = ("model.onnx", "reference.pt")
+CANDIDATE_FILES = ("model.onnx", "reference.pt", "verification.json", "model.int8.onnx")
 
 
 def read_archive(mar: Path) -> tuple[dict, dict, dict]:

@@ -27,7 +27,7 @@ def reference_set(model: nn.Module, recipe: Recipe, folder: Path) -> ReferenceSe
     MAX_REFERENCE_IMAGES to verify backends on, and all of them (up to MAX_PROFILE_IMAGES) as the
     monitoring profile (the per-image channel means and top-1 probabilities drift is measured
     against)."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_PROFILE_IMAGES]
+    files = image_files(folder)[:MAX_PROFILE_IMAGES]
     if not files:
         raise ValueError(f"no photos in {folder} to verify the backends with (--reference-images names a folder)")
     means, top1, pixels, logits = [], [], [], []
@@ -43,6 +43,14 @@ def reference_set(model: nn.Module, recipe: Recipe, folder: Path) -> ReferenceSe
     n = min(len(files), MAX_REFERENCE_IMAGES)
     return ReferenceSet(torch.cat(pixels)[:n], torch.cat(logits)[:n], tuple(f.name for f in files[:n]),
                         torch.cat(means), torch.cat(top1))  # fmt: skip
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The photos in `folder` and its subfolders (a class per folder is fine), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of photos")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 class Normalized(nn.Module):

@@ -21,7 +21,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from handlers.model.checkpoint import assert_inference_ready, load_classifier  # noqa: E402
+from handlers.model.onnx_backends import INT8_FILE  # noqa: E402
 from handlers.model.reference import FILE as REFERENCE_FILE  # noqa: E402
+from handlers.model.verification import FILE as VERIFICATION_FILE  # noqa: E402
 from handlers.settings import Settings  # noqa: E402
 from modeltools.serving_extras import export_serving_onnx, reference_set  # noqa: E402
 
@@ -56,23 +58,48 @@ def validate(checkpoint: Path, settings: Settings, version: str) -> tuple[torch.
     return model, info, summary
 
 
-def serving_extras(model, info, stage: Path, reference_images: Path, onnx: bool) -> tuple[list[Path], str]:
-    """The reference photos and, with `onnx`, the ONNX file every other backend serves, in
-    `stage` -> (their paths, a line saying what the archive's backends will be)."""
+def serving_extras(
+    model, info, stage: Path, reference_images: Path, onnx: bool, settings: Settings, build_torch,
+    verify_images: Path | None = None, calibration_images: Path | None = None,
+) -> tuple[list[Path], str]:  # fmt: skip
+    """The reference photos, with `onnx` the ONNX file every other backend serves, and with
+    `verify_images` the verification record (and an int8 file where the settings ask for int8),
+    in `stage` -> (their paths, lines saying what the archive's backends will be)."""
+    if settings.changes_answers and verify_images is None:
+        raise ValueError(
+            f"handler settings precision {settings.precision} / pixels {settings.pixels} change the answers: "
+            "give --verify-images DIR (hundreds of your own photos) to measure what that costs against the "
+            "float32 answers, or leave them at their defaults"
+        )
     reference = reference_set(model, info.recipe, reference_images)
     reference.save(stage / REFERENCE_FILE)
+    files = [stage / REFERENCE_FILE]
     if not onnx:
-        return [stage / REFERENCE_FILE], "backends: torch (--no-onnx)"
-    try:
-        verdict = export_serving_onnx(model, info.recipe, stage / "model.onnx", reference)
-    except ImportError as exc:
-        return [stage / REFERENCE_FILE], f"backends: torch (no ONNX file: {exc.name} is not installed)"
-    except Exception as exc:  # a model the exporters cannot take is still served by torch
-        return [stage / REFERENCE_FILE], f"backends: torch (no ONNX file: {type(exc).__name__}: {exc}"[:300] + ")"
-    return [stage / REFERENCE_FILE, stage / "model.onnx"], (
-        f"backends: torch, ONNX Runtime and OpenVINO where installed (ONNX file verified on "
-        f"{len(reference.names)} reference photos: top-1 {verdict['top1_agree']})"
-    )
+        backends = "backends: torch (--no-onnx)"
+    else:
+        try:
+            verdict = export_serving_onnx(model, info.recipe, stage / "model.onnx", reference)
+            files.append(stage / "model.onnx")
+            backends = (
+                f"backends: torch, ONNX Runtime and OpenVINO where installed (ONNX file verified on "
+                f"{len(reference.names)} reference photos: top-1 {verdict['top1_agree']})"
+            )
+        except ImportError as exc:
+            backends = f"backends: torch (no ONNX file: {exc.name} is not installed)"
+        except Exception as exc:  # a model the exporters cannot take is still served by torch
+            backends = f"backends: torch (no ONNX file: {type(exc).__name__}: {exc}"[:300] + ")"
+    if verify_images is None:
+        return files, backends
+    from modeltools.verify import measure
+
+    onnx_file = stage / "model.onnx" if stage / "model.onnx" in files else None
+    int8 = stage / INT8_FILE
+    record = measure(settings, info.recipe, model, build_torch, verify_images, reference, onnx_file, int8,
+                     calibration_images or reference_images)  # fmt: skip
+    record.save(stage / VERIFICATION_FILE)
+    files += [stage / VERIFICATION_FILE] + ([int8] if int8.exists() else [])
+    passed = [label for label, e in record.candidates.items() if e.get("passed")]
+    return files, f"{backends}\n  verified on {record.images} photos: {', '.join(passed) or 'none'} may serve"
 
 
 def model_config(base: Path, overrides: list[str]) -> dict:
@@ -170,13 +197,22 @@ def archive(
     model_file: Path | None = None,
     reference_images: Path = ROOT / "samples",
     onnx: bool = True,
+    verify_images: Path | None = None,
+    calibration_images: Path | None = None,
 ) -> tuple[Path, str]:
-    """Validate the checkpoint, write its reference photos and ONNX file, and archive it all ->
-    (the .mar, a summary of what it holds). ValueError, RuntimeError or FileNotFoundError for a
-    model that cannot be served as it is."""
-    model, info, summary = validate(checkpoint, Settings.from_model_yaml(config), version)
+    """Validate the checkpoint, write its reference photos, ONNX file and verification record,
+    and archive it all -> (the .mar, a summary of what it holds). ValueError, RuntimeError or
+    FileNotFoundError for a model that cannot be served as it is."""
+    settings = Settings.from_model_yaml(config)
+    model, info, summary = validate(checkpoint, settings, version)
+
+    def build_torch():
+        return load_classifier(checkpoint, torch.device("cpu"), settings.enabled("channels_last"),
+                               settings.trust_program)[0]  # fmt: skip
+
     with tempfile.TemporaryDirectory() as tmp:
-        extras, backends = serving_extras(model, info, Path(tmp), reference_images, onnx)
+        extras, backends = serving_extras(model, info, Path(tmp), reference_images, onnx, settings, build_torch,
+                                          verify_images, calibration_images)  # fmt: skip
         mar = build(checkpoint, name, version, export, config, handler, model_file, tuple(extras))
     return mar, f"{summary}\n  {backends}"
 
@@ -188,7 +224,8 @@ def experiment_archive(primary: Path, args, config: dict, tmp: Path) -> tuple[Pa
     candidate = args.candidate
     if candidate.suffix != ".mar":
         candidate, _ = archive(candidate, args.model_name, args.candidate_version, tmp / "candidate", config,
-                               reference_images=args.reference_images, onnx=not args.no_onnx)  # fmt: skip
+                               reference_images=args.reference_images, onnx=not args.no_onnx,
+                               verify_images=args.verify_images, calibration_images=args.calibration_images)  # fmt: skip
     combined = tmp / "experiment.mar"
     version = combine(primary, candidate, combined, args.experiment, args.sample, args.share, args.key_header)
     args.export_path.mkdir(parents=True, exist_ok=True)
@@ -238,6 +275,19 @@ def main(argv=None) -> int:
         help="photos (up to 16) every backend is verified on before it serves; photos of your model's own "
         "domain are best (default: the repository's samples/)",
     )
+    parser.add_argument(
+        "--verify-images",
+        type=Path,
+        help="a folder of your own photos (hundreds; subfolders are read too): every backend and precision the "
+        "archive may serve with is measured on them against the float32 answers, and the record travels in the "
+        "archive (health shows it); needed for handler.precision bfloat16/float16/int8 and handler.pixels fast",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=Path,
+        help="with handler.precision=int8: photos the int8 ranges are calibrated on (default: --reference-images, "
+        "with random crops of them up to 96); keep them apart from --verify-images",
+    )
     parser.add_argument("--no-onnx", action="store_true", help="no ONNX file in the archive: it serves with torch")
     experiment = parser.add_argument_group(
         "an experiment archive: a candidate model beside this one (docs/EXPERIMENTS.md)"
@@ -268,7 +318,8 @@ def main(argv=None) -> int:
                 )
             export = Path(tmp) / "primary" if args.candidate else args.export_path
             mar, summary = archive(checkpoint, args.model_name, args.version, export, config, args.handler,
-                                   args.model_file, args.reference_images, not args.no_onnx)  # fmt: skip
+                                   args.model_file, args.reference_images, not args.no_onnx, args.verify_images,
+                                   args.calibration_images)  # fmt: skip
             if args.candidate:
                 mar, summary = experiment_archive(mar, args, config, Path(tmp))
         except (ValueError, RuntimeError, FileNotFoundError) as exc:

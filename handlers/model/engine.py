@@ -32,7 +32,8 @@ from .torch_backend import TorchBackend
 logger = logging.getLogger(__name__)
 CPU_CHUNK = 4  # images per CPU pass (the batch size that ran fastest per image, docs/PERFORMANCE.md)
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+PRECISIONS = ("auto", "float32", "float16", "bfloat16", "int8")
+REDUCED = ("float16", "bfloat16", "int8")  # change answers: served only with the archive's evidence
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class EngineOptions:
     """How the engine runs the network; the defaults are what the handler serves with."""
 
     backend: str = "auto"  # auto: the fastest verified of those available; or torch, onnxruntime, openvino
-    precision: str = "auto"  # auto: any that verifies (reduced ones only where they keep the answers)
+    precision: str = "auto"  # auto = float32; reduced ones only where the archive's verification set allows
     graph: str = "auto"  # torch: frozen on CPU in float32, eager otherwise; or eager/freeze/compile
     int8: bool = False  # torch on CPU: dynamic int8 quantization of nn.Linear layers
     channels_last: bool = True  # torch
@@ -57,10 +58,10 @@ class EngineOptions:
             raise ValueError(f"handler setting graph must be one of {MODES}, got {self.graph!r}")
 
     def torch_precision(self, device: torch.device) -> str:
-        """The precision a torch-only engine runs at: the setting, or for `auto` float16 autocast
-        on CUDA and float32 on the CPU."""
-        if self.precision == "auto":
-            return "float16" if device.type == "cuda" else "float32"
+        """The precision a torch-only engine runs at: the setting, float32 for `auto` (the float32
+        answers are the default everywhere; int8 runs on the ONNX backends only)."""
+        if self.precision in ("auto", "int8"):
+            return "float32"
         return self.precision
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:

@@ -14,7 +14,9 @@ import threading
 import numpy as np
 import torch
 
-OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+INT8_FILE = "model.int8.onnx"  # the archive's quantized copy of model.onnx (modeltools/quantize.py)
+# int8: the archive's quantized (QDQ) file, its int8 layers run as int8, the rest in float32
+OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "int8": "f32"}
 
 
 def onnxruntime_providers(device: torch.device) -> list | None:
@@ -60,13 +62,13 @@ class OnnxRuntimeBackend:
     (its run is thread-safe), each stream running its pass with threads / streams intra-op threads."""
 
     name = "onnxruntime"
-    precision = "float32"
     warm_up_runs = 1
     stream_initializer = None
 
-    def __init__(self, path, device: torch.device, threads: int, streams: int):
+    def __init__(self, path, device: torch.device, threads: int, streams: int, precision: str = "float32"):
         import onnxruntime
 
+        self.precision = precision  # float32, or int8 for the archive's quantized file
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = max(1, threads // streams)
         options.inter_op_num_threads = 1
@@ -124,4 +126,13 @@ class OpenVinoBackend:
 
     def describe(self) -> dict:
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        return {"openvino_streams": self.streams, "openvino_threads": self.threads, "openvino_precision": str(hint)}
+        return {
+            "openvino_streams": self.streams,
+            "openvino_threads": self.threads,
+            "openvino_precision": _type_name(hint),
+        }
+
+
+def _type_name(hint) -> str:
+    """OpenVINO's element type as its short name (bf16, f32), not its repr."""
+    return hint.to_string() if hasattr(hint, "to_string") else str(hint)

@@ -3,7 +3,8 @@
 Written at archive time by scripts/build_mar.py: real photos decoded exactly as the handler
 serves them (uint8 crops of the recipe) and the eager float32 model's logits on them. A backend
 or precision is verified when it gives every photo the same top-1 and each probability within
-TOLERANCE of the reference.
+TOLERANCE of the reference (a photo whose two top classes are closer than that in the reference
+may swap them).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import torch
 
 FILE = "reference.pt"
 # Largest change of any probability a backend may show against eager float32: float32 runtimes
-# differ by rounding only; reduced precisions (bfloat16, float16) by their mantissa.
-TOLERANCE = {"float32": 1e-3, "bfloat16": 0.03, "float16": 0.03}
+# differ by rounding only; reduced precisions (bfloat16, float16) by their mantissa, int8 by its
+# quantization. What a reduced precision costs is measured on the archive's verification set
+# (handlers/model/verification.py); this check only shows that this host runs it as measured.
+TOLERANCE = {"float32": 1e-3, "bfloat16": 0.03, "float16": 0.03, "int8": 0.1}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class ReferenceSet:
     def judge(self, logits: torch.Tensor, precision: str) -> Verdict:
         """How `logits` (a backend's, on `pixels`) compare with the reference's."""
         expected, actual = torch.softmax(self.logits, 1), torch.softmax(logits.float().cpu(), 1)
-        agree = int((expected.argmax(1) == actual.argmax(1)).sum())
+        top, got = expected.argmax(1, keepdim=True), actual.argmax(1, keepdim=True)
+        tie = (expected.gather(1, top) - expected.gather(1, got))[:, 0] <= TOLERANCE[precision]
+        agree = int(((top == got)[:, 0] | tie).sum())
         diff = float((expected - actual).abs().max())
         return Verdict(agree, len(self.pixels), diff, TOLERANCE[precision])

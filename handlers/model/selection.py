@@ -1,11 +1,15 @@
 """Which backend and precision serve, chosen at load by measurement.
 
-Every backend and precision available on this host (PyTorch; ONNX Runtime and OpenVINO on the
-ONNX file the archive carries; float32, and bfloat16 / float16 where the hardware runs them) is
-verified against the archive's reference photos (handlers/model/reference.py): the same top-1
-on every photo, every probability within its precision's tolerance. The verified ones are timed
-on the served batch shapes, in interleaved rounds, and the fastest serves. The settings
-`backend` and `precision` narrow the choice to what they name.
+By default (`precision: auto` or `float32`) the float32 answers serve: every float32 backend
+available on this host (PyTorch; ONNX Runtime and OpenVINO on the ONNX file the archive
+carries) is a candidate. A reduced precision (bfloat16, float16, or int8 on the archive's
+quantized ONNX file) is a candidate only when the archive's settings ask for it and its
+verification record (handlers/model/verification.py) shows that candidate keeping the
+archive's `min_agreement` with the float32 answers; so is every candidate of an archive that
+serves `pixels: fast`. Every candidate is verified against the archive's reference photos
+(handlers/model/reference.py): the same top-1 on every photo, every probability within its
+precision's tolerance. The verified ones are timed on the served batch shapes, in interleaved
+rounds, and the fastest serves. The setting `backend` narrows the choice to what it names.
 
 The decision is written to the model's cache directory with what every candidate measured, so
 a worker started again (after a crash, a kill, a scale-up) builds only the chosen backend,
@@ -28,10 +32,11 @@ from pathlib import Path
 
 import torch
 
-from .engine import Engine, EngineOptions
+from .engine import REDUCED, Engine, EngineOptions
 from .onnx_backends import OnnxRuntimeBackend, OpenVinoBackend, onnxruntime_providers, openvino_precisions
 from .recipe import Recipe
 from .reference import ReferenceSet
+from .verification import VerificationRecord
 
 logger = logging.getLogger(__name__)
 ROUNDS = 3  # timing rounds; each candidate's best round counts
@@ -40,16 +45,41 @@ ROUNDS = 3  # timing rounds; each candidate's best round counts
 @dataclass(frozen=True)
 class Candidate:
     backend: str  # torch, onnxruntime, openvino
-    precision: str  # float32, bfloat16, float16
+    precision: str  # float32, bfloat16, float16, int8
 
     @property
     def label(self) -> str:
         return f"{self.backend}/{self.precision}"
 
 
-def available(device: torch.device, options: EngineOptions, has_onnx: bool) -> tuple[list[Candidate], dict]:
+def available(
+    device: torch.device,
+    options: EngineOptions,
+    has_onnx: bool,
+    has_int8: bool = False,
+    record: VerificationRecord | None = None,
+    needs_evidence: bool = False,
+) -> tuple[list[Candidate], dict]:
     """The backends and precisions this host can run for this archive, as the settings allow ->
-    (candidates, {what is not a candidate: why})."""
+    (candidates, {what is not a candidate: why}). `auto` is float32; a reduced precision, and
+    every candidate when `needs_evidence` (fast pixels), only with the record's passing measure."""
+    found, missing = hardware_candidates(device, has_onnx, has_int8)
+    precision = "float32" if options.precision == "auto" else options.precision
+    allowed = [c for c in found if options.backend in ("auto", c.backend) and c.precision == precision]
+    if needs_evidence or precision in REDUCED:
+        for c in list(allowed):
+            if record is None:
+                missing[c.label] = "the archive carries no verification record (build_mar.py --verify-images DIR)"
+            elif not record.passed(c.label):
+                missing[c.label] = record.why_not(c.label)
+            else:
+                continue
+            allowed.remove(c)
+    return allowed, missing
+
+
+def hardware_candidates(device: torch.device, has_onnx: bool, has_int8: bool) -> tuple[list[Candidate], dict]:
+    """Every backend and precision this host can run for this archive, whatever the settings."""
     found, missing = [], {}
     if device.type == "cuda":
         found += [Candidate("torch", "float16"), Candidate("torch", "float32")]
@@ -74,10 +104,11 @@ def available(device: torch.device, options: EngineOptions, has_onnx: bool) -> t
         found += [Candidate("openvino", p) for p in precisions]
         if not precisions:
             missing["openvino"] = "openvino is not installed" if device.type == "cpu" else "runs on the CPU only here"
-    allowed = [
-        c for c in found if options.backend in ("auto", c.backend) and options.precision in ("auto", c.precision)
-    ]
-    return allowed, missing
+        if has_int8:  # the archive's quantized ONNX file (QDQ), run by both ONNX backends
+            found += [Candidate(c.backend, "int8") for c in found if c.backend != "torch" and c.precision == "float32"]
+        else:
+            missing["int8"] = "the archive carries no int8 file (build_mar.py --set handler.precision=int8)"
+    return found, missing
 
 
 @dataclass
@@ -89,6 +120,7 @@ class Selection:
     measured: dict  # candidate label -> its verification and timing, or its error
     from_cache: bool = False
     unavailable: dict = field(default_factory=dict)  # backend -> why it is not a candidate here
+    evidence: dict | None = None  # the chosen one's measure on the archive's verification set
 
     def to_dict(self) -> dict:
         return {
@@ -97,6 +129,7 @@ class Selection:
             "from_cache": self.from_cache,
             "candidates": self.measured,
             "unavailable": self.unavailable,
+            "verification": self.evidence,
         }
 
 
@@ -110,10 +143,16 @@ def choose_engine(
     reference: ReferenceSet | None,
     cache_dir: Path,
     threads: int | None = None,
+    record: VerificationRecord | None = None,
+    int8_path: Path | None = None,
+    needs_evidence: bool = False,
 ) -> tuple[Engine, Selection]:
     """The engine that serves, warmed up, and the selection that chose it; on the CPU with
-    `threads` threads (default: torch's, the worker's)."""
-    candidates, unavailable = available(device, options, onnx_path is not None)
+    `threads` threads (default: torch's, the worker's). `record`: the archive's verification
+    record, the evidence a reduced precision (or, with `needs_evidence`, any candidate) needs."""
+    candidates, unavailable = available(
+        device, options, onnx_path is not None, int8_path is not None, record, needs_evidence
+    )
     if not candidates:
         raise ValueError(
             f"no backend here matches backend={options.backend} precision={options.precision} on {device}: "
@@ -125,7 +164,7 @@ def choose_engine(
             c for c in candidates if c.backend == "torch" and (c.precision == "float32" or options.precision != "auto")
         ]
         candidates = safe or candidates[:1]
-    build = builder(recipe, device, batch_size, options, build_torch, onnx_path, cache_dir, threads)
+    build = builder(recipe, device, batch_size, options, build_torch, onnx_path, cache_dir, threads, int8_path)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = fingerprint(device, batch_size, options, threads)
     with _locked(cache_dir / "lock"):
@@ -134,14 +173,17 @@ def choose_engine(
             engine, selection = _measure(candidates, build, reference, batch_size)
             _write(cache_dir, key, selection)
     selection.unavailable = unavailable
+    selection.evidence = record.evidence(selection.chosen) if record is not None else None
     engine.warm_up()
     logger.info("engine: %s (%s)", selection.chosen, selection.why)
+    if selection.evidence is not None:
+        logger.info("  on the archive's verification set: %s", selection.evidence)
     for label, result in selection.measured.items():
         logger.info("  %s: %s", label, result)
     return engine, selection
 
 
-def builder(recipe, device, batch_size, options, build_torch, onnx_path, cache_dir, threads=None):
+def builder(recipe, device, batch_size, options, build_torch, onnx_path, cache_dir, threads=None, int8_path=None):
     threads = (threads or torch.get_num_threads()) if device.type == "cpu" else 1
     streams = options.streams(device, threads)
 
@@ -149,10 +191,11 @@ def builder(recipe, device, batch_size, options, build_torch, onnx_path, cache_d
         if candidate.backend == "torch":
             model = build_torch()
             return Engine(model, recipe, device, batch_size, replace(options, precision=candidate.precision), False)
+        path = int8_path if candidate.precision == "int8" else onnx_path
         if candidate.backend == "onnxruntime":
-            backend = OnnxRuntimeBackend(onnx_path, device, threads, streams)
+            backend = OnnxRuntimeBackend(path, device, threads, streams, candidate.precision)
         else:
-            backend = OpenVinoBackend(onnx_path, candidate.precision, threads, streams, cache_dir / "openvino")
+            backend = OpenVinoBackend(path, candidate.precision, threads, streams, cache_dir / "openvino")
         return Engine(backend, recipe, device, batch_size, options, warm_up=False)
 
     return build

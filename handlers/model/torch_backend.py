@@ -36,6 +36,10 @@ class TorchBackend:
         self.recipe, self.device, self.options, self.precision = recipe, device, options, precision
         self.cpu = device.type == "cpu"
         self.autocast = AUTOCAST[precision]
+        if device.type == "cuda" and precision == "float32":
+            # float32 answers: no TF32 convolutions or matmuls (cuDNN allows TF32 by default)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.int8 = options.int8 and self.cpu
         if self.int8:
             model = quantize_linear_int8(model)

@@ -81,7 +81,7 @@ def decode_on_device(
     for the CPU path (not a JPEG, CMYK, refused by the device decoder, or a recipe that
     resizes with Pillow)."""
     out: list = [None] * len(images)
-    if not resizes_as_tensor(recipe):
+    if not resizes_as_tensor(recipe, fast=True):  # on the device only with `pixels: fast`
         return out
     calls, todo, budget = [[]], {}, 0
     for i, data in enumerate(images):

@@ -25,39 +25,43 @@ def image_pixels(
     data: bytes,
     max_pixels: int,
     recipe: Recipe,
-    draft: bool = True,
-    torchcodec: bool = True,
+    fast: bool = False,
     budget: DecodeBudget | None = None,
     on_open=None,
+    draft: bool = True,
+    torchcodec: bool = True,
 ) -> torch.Tensor:
     """Encoded image -> the recipe's uint8 tensor [3, crop, crop]: what the handler serves.
 
-    JPEGs are DCT-scaled while decoding (`draft`) to the smallest size still resized down. When
-    the recipe resizes as tensors, images TorchCodec takes (`torchcodec`) are decoded straight
-    into a tensor (handlers/request/decoding.py); everything else takes Pillow's path, whose
-    checks and error messages stay the only ones a client sees. With `budget`, the pixels to
-    decode (after DCT scaling) are held from it while decoding and resizing. `on_open(format,
-    width, height)` learns what the image is as sent, once its header is read.
+    Exact (the default): Pillow decodes the whole image and resizes it, the pixels of timm's and
+    torchvision's eval transforms. `fast` (the archive's `pixels: fast`, an explicit choice
+    measured on its verification set): JPEGs DCT-scaled while decoding (`draft`) to the smallest
+    size still resized down and, when the recipe resizes as tensors, images TorchCodec takes
+    (`torchcodec`) decoded straight into a tensor (handlers/request/decoding.py) and resized by
+    torch; these change a probability by up to a few hundredths on some photos. Whatever the
+    path, Pillow's checks and error messages stay the only ones a client sees. With `budget`,
+    the pixels to decode (after DCT scaling) are held from it while decoding and resizing.
+    `on_open(format, width, height)` learns what the image is as sent, once its header is read.
     """
     img = open_image(data, max_pixels)
     size = img.size
     if on_open is not None:
         on_open(img.format, *size)
-    if draft:
+    if fast and draft:
         draft_jpeg(img, draft_target(*size, recipe))
     with budget.hold(img.size[0] * img.size[1]) if budget else nullcontext():
-        as_tensor = resizes_as_tensor(recipe)
+        as_tensor = resizes_as_tensor(recipe, fast)
         pixels = decode_pixels(
             img, data, max_pixels, tensor=torchcodec and as_tensor and img.size == size, keep_gray=as_tensor
         )
         if isinstance(pixels, torch.Tensor):
             return _three_channels(resize_crop(pixels, recipe))
-        return recipe_pixels(pixels, recipe)
+        return recipe_pixels(pixels, recipe, fast)
 
 
-def tensor_pixels(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+def tensor_pixels(pixels: torch.Tensor, recipe: Recipe, fast: bool = False) -> torch.Tensor:
     """uint8 [3, H, W] pixels a client decoded itself -> the recipe's [3, crop, crop]."""
-    if resizes_as_tensor(recipe):
+    if resizes_as_tensor(recipe, fast):
         return resize_crop(pixels, recipe)
     return reference_pixels(F.to_pil_image(pixels), recipe)
 
@@ -70,18 +74,18 @@ MAX_ASPECT = 4  # longer panoramas are center-cropped to 4:1 first (same output,
 TENSOR_RESIZE = ("bilinear", "bicubic")
 
 
-def resizes_as_tensor(recipe: Recipe) -> bool:
-    """Center-crop recipes in bilinear or bicubic resize as tensors. Squash and border keep the
-    image's edges in the crop, where torch's and Pillow's kernels differ by a level or two along
-    the whole edge, so they take Pillow's resize: the same pixels as timm's own transform."""
-    return recipe.interpolation in TENSOR_RESIZE and recipe.crop_mode == "center"
+def resizes_as_tensor(recipe: Recipe, fast: bool = False) -> bool:
+    """On the fast path, center-crop recipes in bilinear or bicubic resize as tensors. Squash and
+    border keep the image's edges in the crop, where torch's and Pillow's kernels differ by a
+    level or two along the whole edge, so they take Pillow's resize, as the exact path always does."""
+    return fast and recipe.interpolation in TENSOR_RESIZE and recipe.crop_mode == "center"
 
 
-def recipe_pixels(img: Image.Image, recipe: Recipe) -> torch.Tensor:
+def recipe_pixels(img: Image.Image, recipe: Recipe, fast: bool = False) -> torch.Tensor:
     """RGB (or L) image -> uint8 tensor [3, crop, crop]: short side to resize_size, center crop.
     A grayscale image is resized as its one channel, then repeated: the same pixels as resizing
     its RGB form (each channel is resized alike), at a third of the memory."""
-    if not resizes_as_tensor(recipe):
+    if not resizes_as_tensor(recipe, fast):
         return reference_pixels(img if img.mode == "RGB" else img.convert("RGB"), recipe)
     # cropped before the copy into a tensor, which then shares Pillow's HWC layout: channels-last
     return _three_channels(resize_crop(pil_tensor(_limit_aspect(img, recipe)), recipe))
