@@ -1,7 +1,9 @@
-"""image_pixels: JPEG, PNG and WebP go through TorchCodec where it matches Pillow, everything else through Pillow.
+"""image_pixels on the fast path (`pixels: fast`): JPEG, PNG and WebP go through TorchCodec
+where it matches Pillow, everything else through Pillow.
 
-The served pixels must be exactly what Pillow's path gives (decode_image + recipe_pixels), and
-each input must take the path the docs say it takes.
+The served pixels must be exactly what Pillow's fast path gives (decode_image + recipe_pixels),
+and each input must take the path the docs say it takes. The exact path (the default) is
+Pillow's alone: tests/test_recipe_equivalence.py holds it to timm's transform.
 """
 
 import io
@@ -26,12 +28,22 @@ PHOTOS = sorted(IMAGES.glob("*.jpg"))
 
 
 def pillow_pixels(data: bytes, recipe: Recipe = RECIPE, draft: bool = True) -> torch.Tensor:
-    return recipe_pixels(decode_image(data, LIMIT, recipe.resize_size if draft else None), recipe)
+    return recipe_pixels(decode_image(data, LIMIT, recipe.resize_size if draft else None), recipe, fast=True)
 
 
 def photo(name, size=None, **save) -> bytes:
     img = Image.open(name).convert("RGB")
     return jpeg_bytes(img.resize(size, Image.BICUBIC) if size else img, quality=90, **save)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_the_exact_path_never_takes_torchcodec_or_draft_decoding(fmt, torchcodec_calls):
+    img = Image.open(PHOTOS[0]).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    served = image_pixels(buf.getvalue(), LIMIT, RECIPE)
+    assert torchcodec_calls == []
+    assert torch.equal(served, recipe_pixels(decode_image(buf.getvalue(), LIMIT), RECIPE))
 
 
 @pytest.mark.parametrize("path", PHOTOS, ids=lambda p: p.name)
@@ -40,7 +52,7 @@ def photo(name, size=None, **save) -> bytes:
 def test_real_photos_give_pillows_pixels_exactly(path, size, interpolation, torchcodec_calls):
     data = path.read_bytes() if size is None else photo(path, size)
     recipe = Recipe(crop_size=224, resize_size=256, interpolation=interpolation)
-    served = image_pixels(data, LIMIT, recipe)
+    served = image_pixels(data, LIMIT, recipe, fast=True)
     w, h = Image.open(io.BytesIO(data)).size
     drafted = min(w // 256, h // 256) >= 2  # Pillow can decode at 1/2 scale or less
     assert torchcodec_calls == ([] if drafted else [len(data)])
@@ -53,7 +65,7 @@ def test_exif_orientation_matches_pillows(orientation, torchcodec_calls):
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = photo(IMAGES / "dog1.jpg", (500, 300), exif=exif)
-    assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
+    assert torch.equal(image_pixels(data, LIMIT, RECIPE, fast=True), pillow_pixels(data))
     assert len(torchcodec_calls) == 1
 
 
@@ -61,16 +73,16 @@ def test_grayscale_and_progressive_jpegs(torchcodec_calls):
     gray = jpeg_bytes(Image.open(IMAGES / "croco.jpg").convert("L"))
     progressive = photo(IMAGES / "persons.jpg", progressive=True)
     for data in (gray, progressive):
-        assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
+        assert torch.equal(image_pixels(data, LIMIT, RECIPE, fast=True), pillow_pixels(data))
     assert len(torchcodec_calls) == 2
 
 
 def test_large_jpegs_keep_pillows_draft_decoding(torchcodec_calls):
     data = photo(IMAGES / "bus.jpg", (1620, 2160))  # 1/2 scale still >= 256 on both sides
-    assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
+    assert torch.equal(image_pixels(data, LIMIT, RECIPE, fast=True), pillow_pixels(data))
     assert torchcodec_calls == []
     # without draft decoding the full-size JPEG goes to TorchCodec, with the same pixels as Pillow
-    assert torch.equal(image_pixels(data, LIMIT, RECIPE, draft=False), pillow_pixels(data, draft=False))
+    assert torch.equal(image_pixels(data, LIMIT, RECIPE, draft=False, fast=True), pillow_pixels(data, draft=False))
     assert torchcodec_calls == [len(data)]
 
 
@@ -95,7 +107,7 @@ def encoded(img: Image.Image, fmt: str, **save) -> bytes:
 )
 def test_plain_png_and_webp_go_to_torchcodec_with_pillows_pixels(path, fmt, mode, save, torchcodec_calls):
     data = encoded(Image.open(path).convert(mode), fmt, **save)
-    assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
+    assert torch.equal(image_pixels(data, LIMIT, RECIPE, fast=True), pillow_pixels(data))
     assert torchcodec_calls == [len(data)]
 
 
@@ -162,7 +174,7 @@ def _png_with_late_exif(orientation: int) -> bytes:
 )
 def test_what_torchcodec_would_not_match_stays_on_pillow(name, data, torchcodec_calls):
     data = data()
-    assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
+    assert torch.equal(image_pixels(data, LIMIT, RECIPE, fast=True), pillow_pixels(data))
     assert torchcodec_calls == []
 
 
@@ -179,7 +191,7 @@ def test_what_torchcodec_would_not_match_stays_on_pillow(name, data, torchcodec_
 def test_alpha_png_and_webp_are_composited_over_white_as_pillow_does(name, data, torchcodec_calls):
     data = data()
     assert Image.open(io.BytesIO(data)).mode in ("RGBA", "LA")
-    assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
+    assert torch.equal(image_pixels(data, LIMIT, RECIPE, fast=True), pillow_pixels(data))
     assert len(torchcodec_calls) == 1
 
 
@@ -195,7 +207,7 @@ def test_over_white_is_pillows_composite_for_every_value_and_alpha():
 
 def test_png_exif_after_the_pixels_is_still_applied():
     rotated = _png_with_late_exif(6)
-    assert image_pixels(rotated, LIMIT, RECIPE).shape == (3, 224, 224)
+    assert image_pixels(rotated, LIMIT, RECIPE, fast=True).shape == (3, 224, 224)
     assert decode_image(rotated, LIMIT).size == (240, 320)  # portrait: the orientation was applied
 
 
@@ -203,14 +215,14 @@ def test_png_exif_after_the_pixels_is_still_applied():
 def test_pillow_only_filters_stay_on_pillow(interpolation, torchcodec_calls):
     recipe = Recipe(crop_size=224, resize_size=256, interpolation=interpolation)
     data = photo(IMAGES / "dog.jpg")
-    assert torch.equal(image_pixels(data, LIMIT, recipe), pillow_pixels(data, recipe))
+    assert torch.equal(image_pixels(data, LIMIT, recipe, fast=True), pillow_pixels(data, recipe))
     assert torchcodec_calls == []
 
 
 def test_truncated_jpeg_gets_pillows_error(torchcodec_calls):
     data = photo(IMAGES / "dog.jpg")
     with pytest.raises(InputError) as err:
-        image_pixels(data[: len(data) // 2], LIMIT, RECIPE)
+        image_pixels(data[: len(data) // 2], LIMIT, RECIPE, fast=True)
     assert (err.value.code, err.value.type) == (400, "corrupt_image")
     assert "truncated" in err.value.message
     assert len(torchcodec_calls) == 1  # TorchCodec refused it; Pillow's check answered
@@ -219,7 +231,7 @@ def test_truncated_jpeg_gets_pillows_error(torchcodec_calls):
 def test_pixel_limit_is_checked_before_torchcodec(torchcodec_calls):
     data = photo(IMAGES / "dog.jpg")
     with pytest.raises(InputError) as err:
-        image_pixels(data, 640 * 480 - 1, RECIPE)
+        image_pixels(data, 640 * 480 - 1, RECIPE, fast=True)
     assert (err.value.code, err.value.type) == (413, "too_many_pixels")
     assert torchcodec_calls == []
 
@@ -227,7 +239,7 @@ def test_pixel_limit_is_checked_before_torchcodec(torchcodec_calls):
 def test_without_torchcodec_pillow_decodes_everything(monkeypatch):
     monkeypatch.setattr(jpeg, "decode_jpeg", None)
     data = photo(IMAGES / "kitten.jpg", (500, 375))
-    assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
+    assert torch.equal(image_pixels(data, LIMIT, RECIPE, fast=True), pillow_pixels(data))
 
 
 def test_mpo_phone_photo_gives_its_first_frame(torchcodec_calls):
@@ -236,13 +248,13 @@ def test_mpo_phone_photo_gives_its_first_frame(torchcodec_calls):
     first.save(buf, format="MPO", save_all=True, append_images=[first.rotate(90)])
     data = buf.getvalue()
     assert Image.open(io.BytesIO(data)).format == "MPO"
-    assert torch.equal(image_pixels(data, LIMIT, RECIPE), pillow_pixels(data))
+    assert torch.equal(image_pixels(data, LIMIT, RECIPE, fast=True), pillow_pixels(data))
     assert len(torchcodec_calls) == 1
 
 
 def test_switched_off_pillow_decodes_everything(torchcodec_calls):
     data = photo(IMAGES / "kitten.jpg", (500, 375))
-    assert torch.equal(image_pixels(data, LIMIT, RECIPE, torchcodec=False), pillow_pixels(data))
+    assert torch.equal(image_pixels(data, LIMIT, RECIPE, torchcodec=False, fast=True), pillow_pixels(data))
     assert torchcodec_calls == []
 
 
@@ -265,7 +277,7 @@ def _damaged(data: bytes, seed: int) -> list[bytes]:
 def test_damaged_png_and_webp_get_the_same_answer_with_or_without_torchcodec(fmt, mode, save):
     def outcome(data, torchcodec):
         try:
-            return image_pixels(data, LIMIT, RECIPE, torchcodec=torchcodec)
+            return image_pixels(data, LIMIT, RECIPE, torchcodec=torchcodec, fast=True)
         except InputError as err:
             return err.code, err.type
 

@@ -25,7 +25,7 @@ LIMIT = 50_000_000
 
 
 def cpu_path(data: bytes) -> torch.Tensor:
-    return image_pixels(data, LIMIT, RECIPE, draft=False, torchcodec=False)
+    return image_pixels(data, LIMIT, RECIPE, draft=False, torchcodec=False, fast=True)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

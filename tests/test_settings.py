@@ -24,10 +24,34 @@ def test_max_body_matches_torchserve_max_request_size():
     assert props["disable_token_authorization"] == "false"
 
 
-def test_precision_defaults_to_float16_autocast_on_cuda_and_float32_on_cpu():
-    options = Settings().engine_options()
-    assert options.autocast_dtype(torch.device("cuda", 0)) == torch.float16
+def test_the_default_serves_float32_answers_on_exact_pixels_everywhere():
+    settings = Settings()
+    options = settings.engine_options()
+    assert options.autocast_dtype(torch.device("cuda", 0)) is None
     assert options.autocast_dtype(torch.device("cpu")) is None
+    assert settings.pixels == "exact" and not settings.fast_pixels and not settings.changes_answers
+    shipped = Settings.from_model_yaml(yaml.safe_load((ROOT / "model-config.yaml").read_text()))
+    assert not shipped.changes_answers
+
+
+@pytest.mark.parametrize(
+    "handler, changes",
+    [({"precision": "float32"}, False), ({"precision": "bfloat16"}, True), ({"precision": "int8"}, True),
+     ({"pixels": "fast"}, True)],
+)  # fmt: skip
+def test_settings_that_change_the_answers_are_known(handler, changes):
+    assert Settings.from_model_yaml({"handler": handler}).changes_answers is changes
+
+
+@pytest.mark.parametrize(
+    "handler, message",
+    [({"min_agreement": 0}, "min_agreement must be in"), ({"min_agreement": 1.5}, "min_agreement must be in"),
+     ({"pixels": "quick"}, "pixels must be one of"), ({"device_decode": True}, "device_decode needs pixels: fast"),
+     ({"precision": "int4"}, "precision must be one of")],
+)  # fmt: skip
+def test_fidelity_settings_are_checked(handler, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_model_yaml({"handler": handler})
 
 
 def test_disable_turns_off_named_optimisations_only():
@@ -61,7 +85,7 @@ def test_bad_settings_are_refused(section):
 
 def test_device_decoding_is_off_and_programs_untrusted_unless_asked():
     assert not Settings().device_decode and not Settings().trust_program
-    s = Settings.from_model_yaml({"handler": {"device_decode": True, "trust_program": True}})
+    s = Settings.from_model_yaml({"handler": {"device_decode": True, "pixels": "fast", "trust_program": True}})
     assert s.device_decode and s.trust_program
 
 
