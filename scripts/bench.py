@@ -34,6 +34,7 @@ from bench_forms import FORMS, build_form  # noqa: E402
 from build_mar import archive, model_config  # noqa: E402
 from stock_archive import build_stock_mar  # noqa: E402
 
+from handlers.model.checkpoint import load_classifier  # noqa: E402
 from tsctl.client import ApiError  # noqa: E402
 from tsctl.local_server import TorchServe  # noqa: E402
 
@@ -256,9 +257,16 @@ def main(argv=None) -> int:
 
     print("top-1 agreement with the float32 reference pipeline ...")
     agreement = accuracy(args.checkpoint, unpacked, args.photos, image_sets, args.out / "engine-cache" / "accuracy")
+    print("each backend and precision: speed alone and agreement with the float32 answers ...")
+    from bench_precision import crops_of, pixel_rows, precision_rows
+
+    verify = crops_of(args.photos, args.out / "verify-crops")
+    precision = precision_rows(args.checkpoint, unpacked, verify, args.batch_size, args.out / "precision")
+    recipe = load_classifier(args.checkpoint, torch.device("cpu"))[1].recipe
+    pixels = pixel_rows(sorted(args.photos.glob("*.jpg"))[0], recipe)
     print("the monitoring's cost per batch ...")
     monitoring = monitoring_cost(args.checkpoint, unpacked, args.batch_size)
-    print("preparing the model-alone setups (every backend and precision) ...")
+    print("preparing the model-alone setups (every float32 backend, and their variants) ...")
     alone_setups = setups(args.checkpoint, unpacked, threads, args.batch_size, args.out / "engine-cache")
 
     server = TorchServe(
@@ -332,6 +340,8 @@ def main(argv=None) -> int:
         "worker_restart": restart,
         "engine_selection": (restart or {}).pop("engine_selection", {}),
         "agreement": agreement,
+        "precision": precision,
+        "pixel_paths": pixels,
         "raw": {"runs": runs, "form_runs": form_runs, "model_alone_rounds": alone_rounds},
         "settings": {
             "batchSize": args.batch_size,

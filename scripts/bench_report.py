@@ -204,8 +204,8 @@ def markdown(report) -> str:
         "",
         "## Top-1 agreement with the float32 reference pipeline (full decode)",
         "",
-        f"{same}/{len(rows)} images have the same top-1 as served (JPEG draft or TorchCodec decoding, tensor "
-        f"resize, the engine as served: {report.get('engine_selection', {}).get('chosen', '?')}); the largest "
+        f"{same}/{len(rows)} images have the same top-1 as served (the default pixel path, the engine as "
+        f"served: {report.get('engine_selection', {}).get('chosen', '?')}); the largest "
         f"change of the top-1 probability is {shift:.3f}.",
         "",
         "| images | photo | reference top-1 | served top-1 | probability shift |",
@@ -213,6 +213,13 @@ def markdown(report) -> str:
     ]
     for r in rows:
         lines.append(f"| {r['size']} | {r['photo']} | {r['reference']} | {r['served']} | {r['prob_shift']:+.3f} |")
+    if report.get("precision"):
+        from bench_precision import markdown as precision_markdown
+        from bench_precision import pixel_markdown
+
+        lines += ["", "## Precision: speed alone and agreement with the float32 answers", ""]
+        lines.append(precision_markdown(report["precision"], "256 crops of the bench's photos"))
+        lines += ["## Pixel paths: decode, resize and crop, one thread", "", pixel_markdown(report["pixel_paths"])]
     return "\n".join(lines) + "\n"
 
 

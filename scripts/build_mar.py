@@ -223,9 +223,11 @@ def experiment_archive(primary: Path, args, config: dict, tmp: Path) -> tuple[Pa
 
     candidate = args.candidate
     if candidate.suffix != ".mar":
-        candidate, _ = archive(candidate, args.model_name, args.candidate_version, tmp / "candidate", config,
-                               reference_images=args.reference_images, onnx=not args.no_onnx,
-                               verify_images=args.verify_images, calibration_images=args.calibration_images)  # fmt: skip
+        candidate, _ = archive(
+            candidate, args.model_name, args.candidate_version, tmp / "candidate", config,
+            reference_images=args.reference_images, onnx=not args.no_onnx, verify_images=args.verify_images,
+            calibration_images=args.calibration_images,
+        )  # fmt: skip
     combined = tmp / "experiment.mar"
     version = combine(primary, candidate, combined, args.experiment, args.sample, args.share, args.key_header)
     args.export_path.mkdir(parents=True, exist_ok=True)
