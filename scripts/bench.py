@@ -243,9 +243,13 @@ def main(argv=None) -> int:
     if "ours_scaled" in handlers:
         archive(args.checkpoint, HANDLERS["ours_scaled"], "1.0", store, config(scaled_threads))
     build_stock_mar(args.checkpoint, HANDLERS["stock"], store, args.batch_size, args.max_batch_delay)
+    from bench_precision import crops_of
+
+    verify = crops_of(args.photos, args.out / "verify-crops")  # what a variant that changes answers costs
     for name, overrides in args.variant:
         handlers[name] = f"bench_{name}"
-        archive(args.checkpoint, handlers[name], "1.0", store, config(args.cpu_threads, overrides))
+        archive(args.checkpoint, handlers[name], "1.0", store, config(args.cpu_threads, overrides),
+                verify_images=verify)  # fmt: skip
     comparisons = {}  # side by side at 500x375, 8 clients: what monitoring and experiments cost
     if "500x375" in image_sets and "ours" in handlers and args.comparisons:
         comparisons = build_comparisons(args, ours, store, config(args.cpu_threads))
@@ -258,9 +262,8 @@ def main(argv=None) -> int:
     print("top-1 agreement with the float32 reference pipeline ...")
     agreement = accuracy(args.checkpoint, unpacked, args.photos, image_sets, args.out / "engine-cache" / "accuracy")
     print("each backend and precision: speed alone and agreement with the float32 answers ...")
-    from bench_precision import crops_of, pixel_rows, precision_rows
+    from bench_precision import pixel_rows, precision_rows
 
-    verify = crops_of(args.photos, args.out / "verify-crops")
     precision = precision_rows(args.checkpoint, unpacked, verify, args.batch_size, args.out / "precision")
     recipe = load_classifier(args.checkpoint, torch.device("cpu"))[1].recipe
     pixels = pixel_rows(sorted(args.photos.glob("*.jpg"))[0], recipe)

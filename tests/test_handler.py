@@ -140,12 +140,30 @@ def test_unknown_handler_setting_refuses_to_start(default_checkpoint, tmp_path):
         load_handler(default_checkpoint, tmp_path, config={"handler": {"top_k": 3}})
 
 
-def test_jpegs_decode_with_torchcodec_unless_draft_decoding_shrinks_them(handler, photos, torchcodec_calls):
+def test_the_default_decodes_with_pillow_alone(handler, photos, torchcodec_calls):
     names = sorted(photos)
     assert all(a.status == 200 for a in run_batch(handler, [{"body": photos[n]} for n in names]))
-    resize = handler.info.recipe.resize_size
+    assert torchcodec_calls == [] and handler.describe_handle()["pixels"] == "exact"
+
+
+def test_fast_pixels_decode_jpegs_with_torchcodec_unless_draft_decoding_shrinks_them(
+    default_checkpoint, tmp_path, photos, torchcodec_calls
+):
+    from handlers.model.verification import FILE, VerificationRecord
+
+    with pytest.raises(ValueError, match="no verification record"):  # fast pixels need the archive's evidence
+        load_handler(default_checkpoint, tmp_path / "none", config={"handler": {"pixels": "fast"}})
+    entry = {"images": 300, "top1_agree": 297, "top1_agreement": 0.99, "passed": True}
+    (tmp_path / "fast").mkdir()
+    VerificationRecord(300, 0.99, "fast", {"torch/float32": entry}).save(tmp_path / "fast" / FILE)
+    fast = load_handler(default_checkpoint, tmp_path / "fast", config={"handler": {"pixels": "fast"}})
+    names = sorted(photos)
+    assert all(a.status == 200 for a in run_batch(fast, [{"body": photos[n]} for n in names]))
+    resize = fast.info.recipe.resize_size
     drafted = {n for n in names if min(d // resize for d in Image.open(io.BytesIO(photos[n])).size) >= 2}
     assert sorted(torchcodec_calls) == sorted(len(photos[n]) for n in names if n not in drafted)
+    health = fast.describe_handle()
+    assert health["pixels"] == "fast" and health["engine_selection"]["verification"]["top1_agreement"] == 0.99
 
 
 def test_handler_settings_from_model_config(default_checkpoint, tmp_path, photos, torchcodec_calls):
