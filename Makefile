@@ -28,11 +28,14 @@ install: $(VENV)/.installed
 
 # pip takes torch/torchvision from this machine's wheel cache where one is configured.
 $(VENV)/.installed: setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
-	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -c "from tsctl.grpc_client import generate_stubs; print('gRPC stubs in', generate_stubs())"
-	touch $@
+	@echo "Setting up $(VENV) (torch, TorchServe, ONNX Runtime, OpenVINO and the test tools): a few minutes the first time."
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	@$(PY) -m pip install --upgrade --quiet pip
+	@echo "  pip install -e '.[dev]' ..."
+	@$(PY) -m pip install --quiet -e '.[dev]'
+	@$(PY) -c "from tsctl.grpc_client import generate_stubs; print('  gRPC stubs in', generate_stubs())"
+	@touch $@
+	@echo "  $(VENV) is ready."
 
 java:
 	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
@@ -67,11 +70,12 @@ CANDIDATE_VERSION ?= 2.0
 EXPERIMENT ?= shadow
 EXPERIMENT_ARGS ?=
 mar: install
+	@test -f "$(CHECKPOINT)" || { echo "make mar: no checkpoint at $(CHECKPOINT). Name one: make mar CHECKPOINT=path/to/model.pt MODEL_NAME=... VERSION=... (the default model's: make $(DEFAULT_CKPT))"; exit 2; }
 	$(PY) scripts/build_mar.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION) --export-path $(MAR_DIR) \
 	  $(if $(CANDIDATE),--candidate $(CANDIDATE) --candidate-version $(CANDIDATE_VERSION) --experiment $(EXPERIMENT) $(EXPERIMENT_ARGS))
 
 # KServe: the storage bundle for KServe's TorchServe runtime (docs/KUBERNETES.md), for any
-# checkpoint: make kserve-bundle CHECKPOINT=x.pt MODEL_NAME=y VERSION=2.0 -> build/kserve/y/
+# checkpoint: make kserve-bundle CHECKPOINT=x.pt MODEL_NAME=y VERSION=2.0 -> build/kserve/y/v2.0/
 kserve-bundle: install $(filter $(DEFAULT_CKPT),$(CHECKPOINT))
 	$(PY) scripts/kserve_bundle.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION)
 
@@ -82,7 +86,7 @@ IMAGE_TAG ?= 0.1.0
 GPU ?=
 image:
 	@command -v docker >/dev/null || { echo "make image needs docker (https://docs.docker.com/engine/install/)."; exit 1; }
-	docker build -f deploy/image/Dockerfile $(if $(GPU),--build-arg TORCH_INDEX=https://pypi.org/simple) \
+	docker build -f deploy/image/Dockerfile $(if $(GPU),--build-arg TORCH_INDEX=https://pypi.org/simple --build-arg EXTRAS=[gpu]) \
 	  -t $(IMAGE):$(IMAGE_TAG)$(if $(GPU),-gpu,-cpu) .
 
 # What `make serve` serves: the default model; MAR=model_store/NAME.mar (any archive in the model
@@ -93,13 +97,17 @@ SERVE_REFUSES := MAR_DIR CANDIDATE CANDIDATE_VERSION EXPERIMENT EXPERIMENT_ARGS 
 MAR ?=
 FRESH ?=
 SERVE_MODEL = $$($(PY) -c "import sys; from tsctl.steps import mar_version; print(mar_version(sys.argv[1])[0])" $(SERVE_MAR))
-SERVE_MAR = $(if $(MAR),$(MAR),$(if $(filter command line,$(origin CHECKPOINT)),model_store/$(MODEL_NAME).mar,$(DEFAULT_MAR)))
+SERVE_MAR = $(if $(MAR),$(MAR),$(if $(filter command line,$(origin CHECKPOINT)),model_store/$(MODEL_NAME)-v$(VERSION).mar,$(DEFAULT_MAR)))
+# MAR or CHECKPOINT named: that archive's version is its model's default, beside any saved versions
+SERVE_GIVEN = $(if $(or $(MAR),$(filter command line,$(origin CHECKPOINT))),--prefer-given)
 
 serve: install java
 	@$(foreach v,$(SERVE_REFUSES),$(if $(filter command line,$(origin $(v))),echo "make serve does not use $(v) (it uses: $(SERVE_USES))."; exit 2;))
 	@if [ -n "$(MAR)" ] && [ "$(origin CHECKPOINT)" = "command line" ]; then echo "make serve takes MAR or CHECKPOINT, not both."; exit 2; fi
 	@if [ "$(origin CHECKPOINT)" = "command line" ]; then \
-	  $(PY) scripts/build_mar.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION) || exit 2; \
+	  test -f "$(CHECKPOINT)" || { echo "make serve: no checkpoint at $(CHECKPOINT)"; exit 2; }; \
+	  $(PY) scripts/build_mar.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION) \
+	    --file-name $(MODEL_NAME)-v$(VERSION).mar || exit 2; \
 	elif [ -z "$(MAR)" ]; then $(MAKE) --no-print-directory $(DEFAULT_MAR) || exit 2; fi
 	@workers=1; threads=; \
 	if ! nvidia-smi -L >/dev/null 2>&1; then \
@@ -109,10 +117,11 @@ serve: install java
 	  threads=$${threads:-$$(( cores / $(CPU_WORKERS) > 0 ? cores / $(CPU_WORKERS) : 1 ))}; \
 	  echo "No GPU found: $(CPU_WORKERS) worker(s), $$threads thread(s) each, on $$cores cores."; \
 	else workers=$$(nvidia-smi -L | wc -l); fi; \
+	echo "Starting TorchServe with $(SERVE_MAR) ..."; \
 	env $(SERVE_OMP_ENV) $${threads:+OMP_NUM_THREADS=$$threads} $(TSCTL) serve $(SERVE_MAR) --workers $$workers \
-	  $(if $(FRESH),--fresh)
-	@echo "Prediction for $(SAMPLE):"
-	$(TSCTL) predict $(SERVE_MODEL) $(SAMPLE)
+	  $(if $(FRESH),--fresh) $(SERVE_GIVEN)
+	@model=$(SERVE_MODEL); echo "Prediction for $(SAMPLE) (tsctl predict $$model $(SAMPLE)):"; \
+	$(TSCTL) predict $$model $(SAMPLE)
 	@echo
 	@echo "TorchServe is running on 127.0.0.1 (inference 8080, management 8081, metrics 8082, gRPC 7070/7071)."
 	@echo "Keys are in key_file.json, logs in logs/. Try:"
@@ -177,6 +186,8 @@ test: install java prometheus $(DEFAULT_MAR) kserve-wrapper
 test-slow: install java prometheus $(DEFAULT_MAR) kserve-wrapper
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
+# clean deletes every archive, so it forgets the saved state that names them (.tsctl/): the next
+# make serve starts afresh.
 clean:
 	-$(TSCTL) stop 2>/dev/null
-	rm -rf build model_store/*.mar logs logs_start.txt .pytest_cache
+	rm -rf build model_store/*.mar logs logs_start.txt .pytest_cache .tsctl

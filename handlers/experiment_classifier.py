@@ -52,6 +52,10 @@ class ExperimentClassifier(ImageClassifier):
         self.pairing = Pairing(self.info.labels, self.candidate_info.labels)
         decode = None if self.same_recipe else self._decode_for_candidate
         self.shadow = Shadow(self.candidate_engine, self.pairing, config.sample, decode) if shadow else None
+        if (
+            getattr(self, "reporter", None) is not None
+        ):  # pairs reach Prometheus within a second, not at the next request
+            self.reporter.also.append(lambda metrics: metrics.experiment(self.pairing))
 
     def _decode_for_candidate(self, images: list) -> list:
         return [self._decode(image, self.candidate_info.recipe) for image in images]
@@ -104,19 +108,26 @@ class ExperimentClassifier(ImageClassifier):
                                    else (self.candidate_info.labels, self.experiment.candidate_version))  # fmt: skip
                 for position, body, error in zip(part.positions, self.respond(part, labels, version), part.errors):
                     out[position] = body
-                    self.metrics.arm_request(arm, "ok" if error is None else _outcome(error))
+                    outcome = "ok" if error is None else _outcome(error)
+                    self.metrics.arm_request(arm, outcome)
+                    self.pairing.answered(arm, outcome)
+                if part.probs is not None:
+                    self.pairing.confident(arm, part.probs.max(1).values.tolist())
         self.metrics.experiment(self.pairing)
         return out
 
     def describe_handle(self):
         health = super().describe_handle()
         health["model_version"] = self.archive_version
+        config = self.experiment.to_dict()
+        for key in ("share", "key_header") if self.experiment.mode == "shadow" else ("sample",):
+            config.pop(key, None)  # the other mode's settings
         health["experiment"] = {
-            **self.experiment.to_dict(),
+            **config,
             "candidate_architecture": self.candidate_info.architecture,
             "candidate_engine": self.candidate_selection.chosen,
             "same_recipe": self.same_recipe,
-            **self.pairing.summary(),
+            **self.pairing.summary(self.experiment.mode),
         }
         return health
 

@@ -98,7 +98,8 @@ class ImageClassifier(BaseHandler):
             needs_evidence=s.fast_pixels,
         )
         recipe = self.info.recipe  # what is fed and how sure the answers are, against the archive's profile
-        self.monitor = Monitor(Profile.of(reference, recipe.mean, recipe.std), recipe.mean, recipe.std)
+        self.monitor = Monitor(Profile.of(reference, recipe.mean, recipe.std), recipe.mean, recipe.std,
+                               labels=self.info.labels)  # fmt: skip
         self.restarted = replaces_a_worker(model_dir / ".engine")
         # The version TorchServe serves is the archive's (`--version`); the checkpoint's may differ.
         self.version = str(context.manifest["model"].get("modelVersion") or self.info.version)

@@ -93,11 +93,16 @@ def ks(reference: np.ndarray, live: np.ndarray) -> float:
     return float(np.abs(ref - cur).max())
 
 
+def _rounded(values: np.ndarray, digits: int = 3) -> list[float]:
+    return [round(float(v), digits) for v in values]
+
+
 class Monitor:
     """The window of recent inputs and answers, and its scores against the reference profile."""
 
-    def __init__(self, profile: Profile | None, mean, std, window: int = WINDOW):
+    def __init__(self, profile: Profile | None, mean, std, window: int = WINDOW, labels=None):
         self.profile, self.mean, self.std = profile, mean, std
+        self.labels = list(labels) if labels is not None else None  # top classes by name in health
         self.inputs = deque(maxlen=window)  # [3] channel means per image
         self.top1 = deque(maxlen=window)
         self.margin = deque(maxlen=window)
@@ -163,17 +168,20 @@ class Monitor:
             window = {
                 "images": len(self.inputs),
                 "answers": len(self.top1),
-                "channel_means": inputs.mean(0).round(3).tolist() if len(inputs) else None,
+                "channel_means": _rounded(inputs.mean(0)) if len(inputs) else None,
                 "mean_margin": round(float(np.mean(self.margin)), 4) if self.margin else None,
                 "mean_entropy": round(float(np.mean(self.entropy)), 4) if self.entropy else None,
                 "formats": dict(self.formats),
                 "median_size": [int(np.median([s[i] for s in self.sizes])) for i in (0, 1)] if self.sizes else None,
-                "top_classes": Counter(self.classes).most_common(5),
+                "top_classes": [
+                    {"label": self.labels[c] if self.labels else c, "share": round(n / len(self.classes), 4)}
+                    for c, n in Counter(self.classes).most_common(5)
+                ],
             }
         reference = None
         if self.profile is not None:
             reference = {"images": len(self.profile.top1), "mean_confidence": round(float(self.profile.top1.mean()), 4),
-                         "channel_means": self.profile.channel_means.mean(0).round(3).tolist()}  # fmt: skip
+                         "channel_means": _rounded(self.profile.channel_means.mean(0))}  # fmt: skip
         return {"window": window, "reference": reference,
                 **{k: (round(v, 4) if v is not None else None) for k, v in scores.items()}}  # fmt: skip
 
@@ -189,6 +197,9 @@ class Reporter:
 
     def __init__(self, monitor: Monitor, metrics: Callable, every_s: float = REPORT_EVERY_S):
         self.monitor, self.metrics, self.every_s = monitor, metrics, every_s  # metrics() -> HandlerMetrics
+        # more to report on every tick, whatever arrived: fn(HandlerMetrics) (an experiment's pairs,
+        # which its shadow thread records after the answers have left)
+        self.also: list[Callable] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="monitor-report", daemon=True)
 
@@ -207,6 +218,11 @@ class Reporter:
 
     def report(self) -> bool:
         """Reports what arrived since the last report; False when nothing did."""
+        for report in self.also:
+            try:
+                report(self.metrics())
+            except Exception:
+                logger.exception("reporting metrics failed")
         top1 = self.monitor.take_unreported()
         if not top1:
             return False

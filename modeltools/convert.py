@@ -19,6 +19,25 @@ UNSAFE_HINT = (
 )
 
 
+def architecture_suggestions(name: str) -> str:
+    """'; did you mean ...?' with the nearest timm and torchvision architecture names, or ''."""
+    import difflib
+
+    import timm
+    import torchvision
+
+    source, _, arch = name.rpartition(":")
+    arch = arch.partition(".")[0]
+    known = []
+    if source in ("", "timm"):
+        known += [f"timm:{n}" for n in timm.list_models()]
+    if source in ("", "torchvision"):
+        known += [f"torchvision:{n}" for n in torchvision.models.list_models()]
+    by_arch = {k.rpartition(":")[2]: k for k in known}
+    close = difflib.get_close_matches(arch, list(by_arch), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(by_arch[c] for c in close)}?" if close else ""
+
+
 def load_training_checkpoint(path, allow_unsafe: bool = False):
     """torch.load with weights_only=True; arbitrary unpickling only when explicitly allowed."""
     try:

@@ -133,9 +133,10 @@ def build(
     handler: Path = PACKAGE / "image_classifier.py",
     model_file: Path | None = None,
     extras: tuple[Path, ...] = (),
+    file_name: str | None = None,
 ) -> Path:
-    """Stage the handler package, config and `extras` (files for the archive's root), then run
-    torch-model-archiver."""
+    """Stage the handler package, config and `extras` (files for the archive's root), run
+    torch-model-archiver, and place the archive in `export` as `file_name` (default NAME.mar)."""
     export.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp)
@@ -161,10 +162,32 @@ def build(
             "--config-file",
             str(config_file),
             "--export-path",
-            str(export),
+            str(stage),
             "--force",
         )
-    return export / f"{name}.mar"
+        return place(stage / f"{name}.mar", export / (file_name or f"{name}.mar"))
+
+
+def place(built: Path, target: Path) -> Path:
+    """`built` moved to `target`. An archive already there is kept when it holds the same thing
+    (built again from the same inputs) and replaced when it is a rebuild of the same model and
+    version; one of another model or version is never overwritten (the model store may serve it)."""
+    from tsctl.steps import archive_digest, mar_version
+
+    if target.exists():
+        if archive_digest(target) == archive_digest(built):
+            print(f"{target} is unchanged (built again from the same inputs)", file=sys.stderr)
+            return target
+        held, new = mar_version(target), mar_version(built)
+        if held != new:
+            raise ValueError(
+                f"{target} holds {held[0]} version {held[1]}: refusing to overwrite it with {new[0]} version "
+                f"{new[1]} (the model store may serve it). Archive under another name (make serve CHECKPOINT=... "
+                f"names archives NAME-vVERSION.mar; build_mar.py --file-name) or into another MAR_DIR"
+            )
+        print(f"replacing {target}: {new[0]} version {new[1]} built again from changed inputs", file=sys.stderr)
+    shutil.move(built, target)
+    return target
 
 
 def eager_checkpoint(
@@ -199,6 +222,7 @@ def archive(
     onnx: bool = True,
     verify_images: Path | None = None,
     calibration_images: Path | None = None,
+    file_name: str | None = None,
 ) -> tuple[Path, str]:
     """Validate the checkpoint, write its reference photos, ONNX file and verification record,
     and archive it all -> (the .mar, a summary of what it holds). ValueError, RuntimeError or
@@ -213,7 +237,7 @@ def archive(
     with tempfile.TemporaryDirectory() as tmp:
         extras, backends = serving_extras(model, info, Path(tmp), reference_images, onnx, settings, build_torch,
                                           verify_images, calibration_images)  # fmt: skip
-        mar = build(checkpoint, name, version, export, config, handler, model_file, tuple(extras))
+        mar = build(checkpoint, name, version, export, config, handler, model_file, tuple(extras), file_name)
     return mar, f"{summary}\n  {backends}"
 
 
@@ -242,6 +266,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model-name", required=True)
     parser.add_argument("--version", default="1.0")
     parser.add_argument("--export-path", default=ROOT / "model_store", type=Path)
+    parser.add_argument(
+        "--file-name", help="the archive's file name in --export-path (default MODEL_NAME.mar; never another version's)"
+    )
     parser.add_argument("--config", default=ROOT / "model-config.yaml", type=Path, help="base model-config.yaml")
     parser.add_argument(
         "--handler",
@@ -321,7 +348,7 @@ def main(argv=None) -> int:
             export = Path(tmp) / "primary" if args.candidate else args.export_path
             mar, summary = archive(checkpoint, args.model_name, args.version, export, config, args.handler,
                                    args.model_file, args.reference_images, not args.no_onnx, args.verify_images,
-                                   args.calibration_images)  # fmt: skip
+                                   args.calibration_images, None if args.candidate else args.file_name)  # fmt: skip
             if args.candidate:
                 mar, summary = experiment_archive(mar, args, config, Path(tmp))
         except (ValueError, RuntimeError, FileNotFoundError) as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from handlers.model.checkpoint import build_architecture, load_classifier  # noqa: E402
-from modeltools.convert import extract_state_dict, load_training_checkpoint, read_labels, recipe_for, strip_prefixes  # noqa: E402
+from modeltools.convert import (  # noqa: E402
+    architecture_suggestions,
+    extract_state_dict,
+    load_training_checkpoint,
+    read_labels,
+    recipe_for,
+    strip_prefixes,
+)
 from modeltools.save import save_checkpoint  # noqa: E402
 
 
@@ -32,22 +40,39 @@ def convert(
     allow_unsafe: bool = False,
     weights: str | None = None,
 ) -> str:
+    """`source` converted and checked, then written to `output` (nothing is written on failure);
+    errors name `source`."""
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"{source}: no such file")
     if weights:  # recorded in the architecture, as torchvision:ARCH.WEIGHTS
         architecture = f"{architecture}.{weights}"
     state_dict = extract_state_dict(load_training_checkpoint(source, allow_unsafe))
-    model = build_architecture(architecture, num_classes=len(labels))
+    try:
+        model = build_architecture(architecture, num_classes=len(labels))
+    except ValueError as exc:
+        raise ValueError(f"{exc}{architecture_suggestions(architecture)}") from None
     state_dict = strip_prefixes(state_dict, model.state_dict().keys())
     recipe = recipe_for(architecture, recipe_json)
-    save_checkpoint(output, state_dict, architecture, recipe, labels, version)
-    if allow_unsafe:  # record the opt-in in the checkpoint, and so in every archive built from it
-        ckpt = torch.load(output, weights_only=True)
-        ckpt["unsafe_source"] = True
-        torch.save(ckpt, output)
-    model, info = load_classifier(output, torch.device("cpu"))  # strict key/shape check
-    with torch.inference_mode():
-        out = model(torch.zeros(1, 3, *recipe.crop_hw))
-    if out.shape[-1] != len(labels):
-        raise ValueError(f"model outputs {out.shape[-1]} classes for {len(labels)} labels")
+    output = Path(output)
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        save_checkpoint(partial, state_dict, architecture, recipe, labels, version)
+        if allow_unsafe:  # record the opt-in in the checkpoint, and so in every archive built from it
+            ckpt = torch.load(partial, weights_only=True)
+            ckpt["unsafe_source"] = True
+            torch.save(ckpt, partial)
+        try:
+            model, info = load_classifier(partial, torch.device("cpu"))  # strict key/shape check
+        except (ValueError, RuntimeError) as exc:
+            raise ValueError(f"{source} does not fit {architecture} with {len(labels)} labels: "
+                             f"{str(exc).replace(str(partial), str(output))}") from None  # fmt: skip
+        with torch.inference_mode():
+            out = model(torch.zeros(1, 3, *recipe.crop_hw))
+        if out.shape[-1] != len(labels):
+            raise ValueError(f"{source}: the model outputs {out.shape[-1]} classes for {len(labels)} labels")
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
     return f"{architecture} v{version}, {len(labels)} classes, recipe {recipe.to_dict()}"
 
 

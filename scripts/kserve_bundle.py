@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """`make kserve-bundle`: what a KServe storageUri must hold for KServe's TorchServe runtime.
 
-    build/kserve/MODEL_NAME/
+    build/kserve/MODEL_NAME/vVERSION/   (one folder per version: a new one never replaces the last)
       config/config.properties   TorchServe's configuration inside the pod
       config/metrics.yaml        this handler's metrics (config.properties points here)
       model-store/MODEL_NAME.mar
@@ -95,9 +95,9 @@ def snapshot(name: str, version: str, config: dict, workers: int) -> str:
 def write_bundle(
     checkpoint: Path, name: str, version: str, out: Path, sets: list[str], workers: int = 1, mount: str = MOUNT
 ) -> Path:
-    """The bundle in out/NAME, its config naming `mount` as where the storageUri is mounted."""
+    """The bundle in out/NAME/vVERSION, its config naming `mount` as where the storageUri is mounted."""
     assert not set(PORTS.values()) & set(WRAPPER_PORTS), "TorchServe's ports must leave the wrapper's free"
-    bundle = out / name
+    bundle = out / name / f"v{version}"
     shutil.rmtree(bundle, ignore_errors=True)
     (bundle / "config").mkdir(parents=True)
     config = model_config(ROOT / "model-config.yaml", sets)

@@ -99,6 +99,19 @@ def test_convert_command_validates_and_refuses_mismatches(tmp_path):
         tmp_path / "bad.pt",
     )
     assert bad.returncode == 2 and "fc.weight" in bad.stderr
+    assert str(tmp_path / "train.ckpt") in bad.stderr and "5 labels" in bad.stderr  # named for the input
+    assert not (tmp_path / "bad.pt").exists() and not list(tmp_path.glob(".*partial"))  # nothing written
+    labels = tmp_path / "labels.txt"
+    missing = script("convert_checkpoint.py", "--input", tmp_path / "nope.ckpt", "--architecture",
+                     "torchvision:resnet18", "--labels", labels, "--output", tmp_path / "y.pt")  # fmt: skip
+    assert (
+        missing.returncode == 2 and "nope.ckpt: no such file" in missing.stderr and "unpickling" not in missing.stderr
+    )
+    typo = script("convert_checkpoint.py", "--input", tmp_path / "train.ckpt", "--architecture", "torchvision:resnt18",
+                  "--labels", tmp_path / "labels.txt", "--output", tmp_path / "z.pt")  # fmt: skip
+    assert (
+        typo.returncode == 2 and "did you mean torchvision:resnet18" in typo.stderr and not (tmp_path / "z.pt").exists()
+    )
     unknown = script(
         "convert_checkpoint.py",
         "--input",

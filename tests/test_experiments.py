@@ -100,6 +100,7 @@ def test_a_key_lands_in_one_arm_for_good_and_keys_split_near_the_share():
 def test_wilson_lower_bound_and_pairing_by_label():
     assert wilson_lower(0, 0) == 0 and wilson_lower(95, 100) == pytest.approx(0.8882, abs=1e-3)
     pairing = Pairing(["a", "b", "c"], ["c", "a", "b"])  # the same classes, listed in another order
+    assert pairing.summary()["top1_agreement_lower_95"] is None  # no pairs: no bound, not a bound of 0
     primary = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
     candidate = torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.4, 0.1]])  # "a" then "c"
     pairing.record(primary, candidate, 0.01, 0.02)
@@ -134,6 +135,7 @@ def test_shadow_answers_are_the_primarys_and_agreement_is_what_the_models_give_o
     )
     agree = sum(a == b for a, b in zip(*expected))
     summary = shadow.describe_handle()["experiment"]
+    assert "share" not in summary and "key_header" not in summary and "requests" not in summary
     assert summary["pairs"] % len(PHOTOS) == 0 and summary["pairs"] >= len(PHOTOS)
     assert summary["top1_agreement"] == pytest.approx(agree / len(PHOTOS)) and agree < len(PHOTOS) / 2
 
@@ -188,3 +190,8 @@ def test_a_split_answers_each_key_from_one_arm_with_its_version(split):
     }
     (answer,) = run_batch(split, [{"body": oip}], headers=[{"X-User-Id": keys[versions.index("3.0")]}])
     assert json.loads(answer.body)["model_version"] == "3.0"
+    status = split.describe_handle()["experiment"]  # a split's own fields: answers per arm, no pairs
+    assert status["mode"] == "split" and "pairs" not in status and "sample" not in status
+    assert status["requests"]["candidate"]["ok"] >= versions.count("3.0") * 2 + 1
+    assert status["requests"]["primary"]["ok"] >= versions.count("1.0") * 2
+    assert 0 < status["confidence"]["primary"] <= 1 and 0 < status["confidence"]["candidate"] <= 1

@@ -109,7 +109,13 @@ def test_the_default_handler_answers_as_timm_does(handler, model, crops):
     for answer, label, p in zip(answers, labels, expected.max(1).values):
         assert answer.status == 200 and answer.body[0]["label"] == label
         assert abs(answer.body[0]["probability"] - float(p)) <= 0.005
-    assert handler.describe_handle()["precision"] == "float32" and handler.describe_handle()["pixels"] == "exact"
+    health = handler.describe_handle()
+    assert health["precision"] == "float32" and health["pixels"] == "exact"
+    window = health["monitoring"]["window"]  # plain values: labels, not class indices; 3 decimals
+    assert window["top_classes"] and all(
+        c["label"] in info.labels and 0 < c["share"] <= 1 for c in window["top_classes"]
+    )
+    assert all(len(repr(m).split(".")[-1]) <= 3 for m in window["channel_means"])
 
 
 def _choose(archive, tmp_path, record=None, **options):

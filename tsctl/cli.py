@@ -106,6 +106,11 @@ def main(argv=None) -> int:
     p.add_argument("--model-store", type=Path, default=Path("model_store"))
     p.add_argument("--workers", type=int, default=1, help="workers for a given archive's model")
     p.add_argument("--fresh", action="store_true", help="forget what was served before: only the given archives")
+    p.add_argument(
+        "--prefer-given",
+        action="store_true",
+        help="the given archives' versions are their models' defaults, registered beside the saved versions",
+    )
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for every model to be ready")
     sub.add_parser("stop", help="remember what is served, then stop the TorchServe started here")
     p = sub.add_parser("experiment", help="run a candidate beside the default on live traffic: shadow or split")
@@ -189,7 +194,8 @@ def _set_default(client: Client, args) -> int:
 
 
 def _unregister(client: Client, args) -> int:
-    print(client.unregister(args.model, args.version))
+    answer = client.unregister(args.model, args.version)
+    print(f"{args.model} v{args.version} unregistered" if args.version else answer)
     return 0
 
 
@@ -225,7 +231,7 @@ def _rollback(client: Client, args) -> int:
 
 def _serve(client: Client, args) -> int:
     local.serve(args.config, args.model_store, args.archives, _workdir(client), args.workers, args.fresh,
-                timeout_s=args.timeout)  # fmt: skip
+                timeout_s=args.timeout, prefer_given=args.prefer_given)  # fmt: skip
     print(f"TorchServe runs from {_workdir(client)} (logs in {_workdir(client) / 'logs'}/)")
     return 0
 
@@ -237,9 +243,14 @@ def _experiment(client: Client, args) -> int:
         experiments.start(client, args.model, args.candidate, args.model_store, args.mode, args.sample, args.share,
                           args.key_header)  # fmt: skip
     elif args.action == "stop":
-        experiments.stop(client, args.model)
+        experiments.stop(client, args.model, args.model_store)
     else:
-        print(json.dumps(experiments.status(client, args.model), indent=2))
+        status = experiments.status(client, args.model)
+        if status is None:
+            print(f"{args.model} runs no experiment (tsctl experiment start {args.model} CANDIDATE.mar starts one)",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        print(json.dumps(status, indent=2))
     return 0
 
 

@@ -58,8 +58,10 @@ def start(
     return version
 
 
-def stop(client: Client, model: str, recover_s: float = 60, log=print) -> str | None:
-    """Set the experiment's primary back as the default and unregister the experiment's version."""
+def stop(client: Client, model: str, model_store: Path | None = None, recover_s: float = 60, log=print) -> str | None:
+    """Set the experiment's primary back as the default, unregister the experiment's version and
+    delete its archive from `model_store` (it holds nothing the primary or the candidate's own
+    archive does not; `tsctl experiment start` builds it again)."""
     current = client.default_version(model)
     experiment = health(client, model).get("experiment")
     if not experiment:
@@ -67,7 +69,13 @@ def stop(client: Client, model: str, recover_s: float = 60, log=print) -> str | 
         return None
     primary = experiment["primary_version"]
     _undo(client, model, primary, current, recover_s, log)
-    log(f"{model}: v{primary} is the default again; the experiment v{current} is unregistered")
+    removed = ""
+    if model_store is not None:
+        archive = Path(model_store) / f"{model}-v{current}.mar"
+        if archive.exists():
+            archive.unlink()
+            removed = f" and its archive {archive.name} deleted"
+    log(f"{model}: v{primary} is the default again; the experiment v{current} is unregistered{removed}")
     return primary
 
 

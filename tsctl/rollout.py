@@ -222,7 +222,9 @@ def rollout(client: Client, plan: Plan, state: State, log=print) -> int:
     _, new = mar_version(plan.mar)
     old = client.default_version(model)
     if new in client.versions(model):
-        log(f"refused: {model} version {new} is already registered")
+        default = " and is the default" if new == old else " (a rollback leaves it registered, not the default)"
+        log(f"refused: {model} version {new} is already registered{default}. To serve it again: tsctl set-default "
+            f"{model} {new}; to roll it out anew: tsctl unregister {model} {new}, then the rollout again")  # fmt: skip
         return 1
     url, copied = stage_archive(plan.mar, model, new, plan.model_store)
     restore = Restore(client, plan, old, new, Path(plan.model_store) / url if copied else None, log)
@@ -251,7 +253,7 @@ def rollout(client: Client, plan: Plan, state: State, log=print) -> int:
                 log=log,
             )
             reasons = shadow_failures(client, model, plan, log)
-            stop_experiment(client, model, plan.recover_s, log)
+            stop_experiment(client, model, plan.model_store, plan.recover_s, log)
             restore.experiment = None
         if reasons:
             restore.before_promotion()

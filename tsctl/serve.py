@@ -91,26 +91,41 @@ def archive_entry(mar: Path, workers: int) -> tuple[str, str, dict]:
     return manifest["modelName"], manifest["modelVersion"], entry
 
 
-def plan(archives: list[Path], workers: int, workdir: Path, fresh: bool, log=print) -> dict:
+def plan(archives: list[Path], workers: int, workdir: Path, fresh: bool, log=print, prefer_given: bool = False) -> dict:
     """{model: {version: entry}} to start with: the state of the last stop, plus the given
-    archives of models it does not hold (for a model it holds, what was last promoted wins)."""
-    saved = (
-        {}
-        if fresh
-        else json.loads(state_path(workdir).read_text()).get("models", {})
-        if state_path(workdir).exists()
-        else {}
-    )
-    models = {name: versions for name, versions in saved.items()}
-    for name, versions in saved.items():
-        default = next((v for v, e in versions.items() if e.get("defaultVersion")), None)
-        log(f"restoring {name}: " + ", ".join(f"v{v}{' (default)' if v == default else ''} x{e['minWorkers']}"
-                                              for v, e in versions.items()))  # fmt: skip
+    archives of models it does not hold. For a model it holds, what was last promoted stays the
+    default, unless `prefer_given` (the user named the archive): then the given version is the
+    default, registered beside the saved ones."""
+    saved = {} if fresh else saved_models(workdir)
+    models = {name: dict(versions) for name, versions in saved.items()}
     for mar in archives:
         name, version, entry = archive_entry(mar, workers)
         if name not in models:
             models[name] = {version: entry}
+        elif prefer_given:
+            models[name] = {v: {**e, "defaultVersion": False} for v, e in models[name].items() if v != version}
+            models[name][version] = entry
+        elif version not in models[name]:
+            log(f"{name}: the saved state is served; {mar.name} (v{version}) is not registered (make serve "
+                "MAR=... or CHECKPOINT=... serves a named one; FRESH=1 forgets the saved state)")  # fmt: skip
+    for name, versions in models.items():
+        if name in saved:
+            default = next((v for v, e in versions.items() if e.get("defaultVersion")), None)
+            log(f"restoring {name}: " + ", ".join(f"v{v}{' (default)' if v == default else ''} x{e['minWorkers']}"
+                                                  for v, e in versions.items()))  # fmt: skip
     return models
+
+
+def saved_models(workdir: Path) -> dict:
+    """The models the last stop saved, {} when none; a damaged state file is named with what to do."""
+    path = state_path(workdir)
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text()).get("models", {})
+    except (ValueError, AttributeError) as exc:
+        raise StartFailed(f"{path} is not a saved state ({exc}): delete it, or start with make serve FRESH=1 "
+                          "(tsctl serve --fresh), which serves the given archive only") from None  # fmt: skip
 
 
 def serve(
@@ -123,6 +138,7 @@ def serve(
     env: dict | None = None,
     timeout_s: float = 300,
     log=print,
+    prefer_given: bool = False,
 ) -> dict:
     """Start TorchServe in `workdir` with `config` and what `plan` gives; wait until every
     model has a READY worker. StartFailed, within seconds, when the server or a worker fails."""
@@ -132,11 +148,12 @@ def serve(
     for mar in archives:
         if Path(mar).resolve().parent != model_store:
             raise StartFailed(f"{mar} is not in the model store {model_store}: build it there (make mar) or copy it")
-    models = plan([Path(m) for m in archives], workers, workdir, fresh, log)
+    models = plan([Path(m) for m in archives], workers, workdir, fresh, log, prefer_given)
     missing = [e["marName"] for v in models.values() for e in v.values() if not (model_store / e["marName"]).exists()]
     if missing:
-        raise StartFailed(f"archives of the saved state are gone from {model_store}: {missing} "
-                          "(tsctl serve --fresh starts from the given archive only)")  # fmt: skip
+        raise StartFailed(f"archives of the saved state are gone from {model_store}: {missing}. "
+                          "make serve FRESH=1 (tsctl serve --fresh) forgets the saved state and serves the given "
+                          "archive only")  # fmt: skip
     if fresh and state_path(workdir).exists():
         state_path(workdir).unlink()
     snapshot = {"name": "startup.cfg", "modelCount": len(models), "models": models}
@@ -159,7 +176,7 @@ def serve(
         raise StartFailed(f"torchserve --start failed:\n{(logs / 'start.txt').read_text()[-3000:]}")
     client = Client(_address(started_config, "inference"), _address(started_config, "management"),
                     workdir / "key_file.json")  # fmt: skip
-    _wait(client, list(models), workdir, timeout_s)
+    _wait(client, list(models), workdir, timeout_s, log)
     return models
 
 
@@ -171,9 +188,18 @@ def _address(config: Path, kind: str) -> str:
     return default
 
 
-def _wait(client: Client, models: list[str], workdir: Path, timeout_s: float) -> None:
-    deadline, pending = time.monotonic() + timeout_s, set(models)
+PROGRESS_EVERY_S = 5.0
+
+
+def _wait(client: Client, models: list[str], workdir: Path, timeout_s: float, log=print) -> None:
+    start = time.monotonic()
+    deadline, pending, said = start + timeout_s, set(models), start
+    log(f"waiting for {', '.join(sorted(models))} to load (up to {timeout_s:.0f} s) ...")
     while pending:
+        if time.monotonic() - said >= PROGRESS_EVERY_S:
+            said = time.monotonic()
+            log(f"  {said - start:.0f} s: {len(models) - len(pending)}/{len(models)} models ready; loading "
+                f"{', '.join(sorted(pending))} (logs/model_log.log shows its worker's steps)")  # fmt: skip
         if not running_pid(workdir):
             raise StartFailed(f"TorchServe exited while starting.\n{log_tail(workdir)}")
         failures = _failures(workdir)

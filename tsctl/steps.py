@@ -32,10 +32,10 @@ def stage_archive(mar: Path, model: str, version: str, model_store: Path) -> tup
     name = f"{model}-v{version}.mar"
     target = Path(model_store) / name
     if target.exists():
-        if _digest(target) != _digest(mar):
+        if archive_digest(target) != archive_digest(mar):
             raise ValueError(
                 f"{target} exists with other content: refusing to overwrite an archive the model store "
-                f"may serve or roll back to. Give the new archive another --version."
+                f"may serve or roll back to. Archive the new model with another version (make mar VERSION=...)."
             )
         return name, False
     partial = target.with_name(f".{name}.partial")
@@ -44,11 +44,24 @@ def stage_archive(mar: Path, model: str, version: str, model_store: Path) -> tup
     return name, True
 
 
-def _digest(path: Path) -> str:
+def archive_digest(path: Path) -> str:
+    """What an archive holds, whenever it was built: every member's name and bytes, the manifest
+    without its build time (`createdOn`), so an archive built again from the same inputs is the
+    same archive. A file that is not a zip is taken byte for byte."""
     sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in sorted(n for n in z.namelist() if not n.endswith("/")):
+                data = z.read(name)
+                if name == "MAR-INF/MANIFEST.json":
+                    manifest = json.loads(data)
+                    manifest.pop("createdOn", None)
+                    data = json.dumps(manifest, sort_keys=True).encode()
+                sha.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    except zipfile.BadZipFile:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
     return sha.hexdigest()
 
 

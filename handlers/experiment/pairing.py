@@ -37,6 +37,7 @@ class Pairing:
         self.confidence = {"primary": deque(maxlen=WINDOW), "candidate": deque(maxlen=WINDOW)}
         self.seconds = {"primary": deque(maxlen=WINDOW), "candidate": deque(maxlen=WINDOW)}
         self.drops = Counter()
+        self.requests = {"primary": Counter(), "candidate": Counter()}  # split: answers per arm by outcome
         self._events = []
         self._lock = threading.Lock()
 
@@ -61,6 +62,16 @@ class Pairing:
                 self.seconds[arm].append(seconds)
                 self._events.append(("seconds", arm, seconds))
 
+    def answered(self, arm: str, outcome: str) -> None:
+        """Split: one request answered by `arm` (ok, client_error, server_error)."""
+        with self._lock:
+            self.requests[arm][outcome] += 1
+
+    def confident(self, arm: str, top1: list[float]) -> None:
+        """Split: the top-1 probabilities `arm` answered with."""
+        with self._lock:
+            self.confidence[arm].extend(top1)
+
     def drop(self, reason: str) -> None:
         with self._lock:
             self.drops[reason] += 1
@@ -71,19 +82,26 @@ class Pairing:
             events, self._events = self._events, []
             return events
 
-    def summary(self) -> dict:
+    def summary(self, mode: str = "shadow") -> dict:
+        """What the experiment has seen: a shadow's pairs and their agreement (None before the
+        first pair), or a split's answers per arm; each arm's mean top-1 probability and time."""
         with self._lock:
 
             def mean(values):
                 return round(sum(values) / len(values), 4) if values else None
 
+            common = {
+                "confidence": {arm: mean(v) for arm, v in self.confidence.items()},
+                "seconds_per_batch": {arm: mean(v) for arm, v in self.seconds.items()},
+            }
+            if mode == "split":
+                return {"requests": {arm: dict(c) for arm, c in self.requests.items()}, **common}
             return {
                 "pairs": self.pairs,
                 "top1_agreement": round(self.agree / self.pairs, 4) if self.pairs else None,
-                "top1_agreement_lower_95": round(wilson_lower(self.agree, self.pairs), 4),
+                "top1_agreement_lower_95": round(wilson_lower(self.agree, self.pairs), 4) if self.pairs else None,
                 "top5_overlap": mean(self.overlap),
                 "primary_top1_probability_change": mean(self.prob_diff),
-                "confidence": {arm: mean(v) for arm, v in self.confidence.items()},
-                "seconds_per_batch": {arm: mean(v) for arm, v in self.seconds.items()},
+                **common,
                 "dropped": dict(self.drops),
             }

@@ -90,7 +90,9 @@ def pod(default_checkpoint, bare, tmp_path_factory):
     from kserve_bundle import write_bundle
 
     work = tmp_path_factory.mktemp("pod")
-    mount = write_bundle(default_checkpoint, MODEL, "1.0", work, ["maxBatchDelay=100"], mount=str(work / MODEL))
+    mount = write_bundle(
+        default_checkpoint, MODEL, "1.0", work, ["maxBatchDelay=100"], mount=str(work / MODEL / "v1.0")
+    )
     (work / "tmp").mkdir()
     env = {"PATH": os.environ["PATH"], "HOME": str(work), "TMPDIR": str(work / "tmp"), **runtime_env("v2")}
     env["LOG_LOCATION"] = env["METRICS_LOCATION"] = str(work / "tmp" / "logs")
