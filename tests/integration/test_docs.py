@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +80,20 @@ def run(block: Block, work: Path, state: Path) -> str:
     return printed
 
 
+def busy_ports(wait_s: float = 30) -> list[int]:
+    """The user's ports still taken after `wait_s` (a server another test stopped may take a few
+    seconds to let them go)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        busy = [p for p in PORTS if socket.socket().connect_ex(("127.0.0.1", p)) == 0]
+        if not busy or time.monotonic() > deadline:
+            return busy
+        time.sleep(1)
+
+
 @pytest.mark.slow
 def test_the_guides_examples_run_as_written(default_checkpoint, tmp_path):
-    busy = [p for p in PORTS if socket.socket().connect_ex(("127.0.0.1", p)) == 0]
+    busy = busy_ports()
     if busy:
         pytest.fail(f"ports {busy} are taken: the guide's examples run `make serve` on the ports a user gets")
     work = checkout_copy(tmp_path)

@@ -6,13 +6,12 @@ rollout, its rollback, the same rollout again; a new version of a saved model se
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_docs import PORTS, checkout_copy
+from tests.integration.test_docs import busy_ports, checkout_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "efficientnet_lite0"
@@ -32,7 +31,7 @@ def default_version(work: Path) -> str:
 
 
 def test_the_second_day(default_checkpoint, tmp_path):
-    busy = [p for p in PORTS if socket.socket().connect_ex(("127.0.0.1", p)) == 0]
+    busy = busy_ports()
     if busy:
         pytest.fail(f"ports {busy} are taken: this test runs `make serve` on the ports a user gets")
     work = checkout_copy(tmp_path)
