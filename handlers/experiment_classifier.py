@@ -32,7 +32,7 @@ class ExperimentClassifier(ImageClassifier):
         self.archive_version, self.version = self.version, config.primary_version
         folder = Path(context.system_properties["model_dir"])
         artifact = folder / config.candidate
-        self.candidate_info = read_info(artifact, self.settings.trust_program)
+        self.candidate_info = read_info(artifact, config.candidate_trust_program)
         options = self.settings.engine_options()
         shadow = config.mode == "shadow"
         if shadow:  # bounded work beside the primary: one pass at a time, one thread
@@ -41,7 +41,7 @@ class ExperimentClassifier(ImageClassifier):
         self.candidate_engine, self.candidate_selection = choose_engine(
             self.candidate_info.recipe, self.device, int(context.system_properties.get("batch_size") or 1), options,
             lambda: load_classifier(artifact, self.device, self.settings.enabled("channels_last"),
-                                    self.settings.trust_program)[0],
+                                    config.candidate_trust_program)[0],
             onnx if onnx.exists() else None, ReferenceSet.load(artifact.parent / REFERENCE_FILE),
             folder / ".engine-candidate", threads=1 if shadow else None,
             record=VerificationRecord.load(artifact.parent / VERIFICATION_FILE),
@@ -68,7 +68,8 @@ class ExperimentClassifier(ImageClassifier):
         self.started = time.perf_counter()
         whole = Batch.read(list(self.decoders.map(self._read, range(len(data)), data)))
         header = self.experiment.key_header.lower()
-        arms = [takes_candidate(self._headers(i).get(header), self.experiment.share) for i in range(len(data))]
+        arms = [takes_candidate(self._headers(i).get(header), self.experiment.share, self.experiment.salt)
+                for i in range(len(data))]  # fmt: skip
         parts = {}
         for arm, recipe in (("primary", self.info.recipe), ("candidate", self.candidate_info.recipe)):
             part = whole.subset([i for i, cand in enumerate(arms) if cand == (arm == "candidate")])

@@ -122,9 +122,9 @@ class ImageClassifier(BaseHandler):
 
     def handle(self, data, context):
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), context.model_name)
-        if self.restarted:  # counted once there is a metrics cache to count it in
-            self.metrics.worker_restart()
-            self.restarted = False
+        if self.restarted is not None:  # counted once there is a metrics cache to count it in
+            self.metrics.worker_restart(1 if self.restarted else 0)
+            self.restarted = None
         return super().handle(data, context)
 
     def preprocess(self, data) -> Batch:

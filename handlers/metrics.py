@@ -86,8 +86,10 @@ class HandlerMetrics:
         if count:
             self._emit("image_classifier_oom_splits_total", count)
 
-    def worker_restart(self) -> None:
-        self._emit("image_classifier_worker_restarts_total", 1)
+    def worker_restart(self, count: int = 1) -> None:
+        """A worker's first request: 1 when it replaced one that ended, else 0, so the series exists
+        from the first worker on and a first restart is an increase Prometheus sees."""
+        self._emit("image_classifier_worker_restarts_total", count)
 
     def answers(self, top1) -> None:
         for p in top1:

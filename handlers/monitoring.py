@@ -15,6 +15,11 @@ Two drift scores compare the window with the reference:
   reference's top-1 probabilities: distribution-free, works on the small samples a reference set
   is, and is the largest gap between the two cumulative distributions, so a collapse of
   confidence shows at once.
+A profile of fewer than MIN_PROFILE images cannot carry a signal (PSI of a few hundred live
+images against a dozen reference values is noise that passes 0.25 on healthy traffic): then no
+drift score is reported until the worker has pinned its first WINDOW live images as the profile
+(drift from what traffic looked like when it started). build_mar.py --profile-images (or
+--verify-images) gives the archive a profile of the user's own photos instead.
 Classes are reported as the share of the window's most frequent top-1 (a model stuck on one
 class), not as a chi-square: over a thousand classes, a window of a few hundred answers and a
 reference of a few photos leave a chi-square no power.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +39,7 @@ import torch
 
 WINDOW = 500  # images (inputs) and answers (predictions) the scores look at
 MIN_WINDOW = 20  # below this many, no score is reported (None)
+MIN_PROFILE = 100  # a reference profile with fewer images gives no drift score: it is pinned from live traffic
 PSI_BINS = np.linspace(-2.5, 2.5, 21)  # normalised units; values beyond fall in the end bins
 PSI_FLOOR = 1e-3  # a bin's smallest share: a bin empty on one side stays finite
 SAMPLE_STRIDE = 4  # every 4th row and column of a crop: 1/16 of its pixels
@@ -47,6 +54,15 @@ class Profile:
 
     channel_means: np.ndarray
     top1: np.ndarray
+    source: str = "archive"  # archive, or live: the worker's first WINDOW images
+
+    @property
+    def images(self) -> int:
+        return len(self.top1)
+
+    @property
+    def usable(self) -> bool:
+        return self.images >= MIN_PROFILE
 
     @classmethod
     def of(cls, reference, mean, std) -> Profile | None:
@@ -111,7 +127,18 @@ class Monitor:
         self.formats = Counter()
         self.sizes = deque(maxlen=window)  # (width, height) as sent
         self.unreported = []  # top-1 probabilities not yet reported as metrics
+        self.pinned_at = None  # when a live profile was pinned
         self._lock = threading.Lock()
+
+    def _drift_state(self) -> str:
+        if self.profile is not None and self.profile.usable:
+            if self.profile.source == "live":
+                pinned = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.pinned_at))
+                return f"on: against the first {self.profile.images} live images, pinned at {pinned}"
+            return f"on: against the archive's profile of {self.profile.images} images"
+        held = self.profile.images if self.profile is not None else 0
+        return (f"off until {WINDOW} live images are pinned as the profile: the archive's holds {held} images "
+                f"(at least {MIN_PROFILE} carry a signal; build_mar.py --profile-images DIR)")  # fmt: skip
 
     def saw(self, fmt: str, width: int, height: int) -> None:
         """One image as it was sent (called from the decoding threads)."""
@@ -142,16 +169,20 @@ class Monitor:
         return taken
 
     def scores(self) -> dict:
-        """The drift scores and window statistics now (None where the window is too short)."""
+        """The drift scores and window statistics now (None where the window is too short, or
+        the profile too small to carry a signal)."""
         with self._lock:
             inputs, top1 = np.array(self.inputs), np.array(self.top1)
             classes = list(self.classes)
+            if (self.profile is None or not self.profile.usable) and min(len(inputs), len(top1)) >= WINDOW:
+                self.profile = Profile(inputs.copy(), top1.copy(), "live")  # drift from here on
+                self.pinned_at = time.time()
         out = {"input_drift_psi": None, "confidence_drift_ks": None, "top_class_share": None,
                "mean_confidence": None, "reference_confidence": None}  # fmt: skip
         if len(top1) >= MIN_WINDOW:
             out["mean_confidence"] = float(top1.mean())
             out["top_class_share"] = Counter(classes).most_common(1)[0][1] / len(classes)
-        if self.profile is None:
+        if self.profile is None or not self.profile.usable:
             return out
         out["reference_confidence"] = float(self.profile.top1.mean())
         if len(inputs) >= MIN_WINDOW:
@@ -178,10 +209,11 @@ class Monitor:
                     for c, n in Counter(self.classes).most_common(5)
                 ],
             }
-        reference = None
+        reference = {"images": 0, "drift": self._drift_state()}
         if self.profile is not None:
-            reference = {"images": len(self.profile.top1), "mean_confidence": round(float(self.profile.top1.mean()), 4),
-                         "channel_means": _rounded(self.profile.channel_means.mean(0))}  # fmt: skip
+            reference.update(images=self.profile.images, source=self.profile.source,
+                             mean_confidence=round(float(self.profile.top1.mean()), 4),
+                             channel_means=_rounded(self.profile.channel_means.mean(0)))  # fmt: skip
         return {"window": window, "reference": reference,
                 **{k: (round(v, 4) if v is not None else None) for k, v in scores.items()}}  # fmt: skip
 

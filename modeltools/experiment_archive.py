@@ -7,6 +7,7 @@ so set-default starts and stops the experiment at once."""
 from __future__ import annotations
 
 import json
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -24,6 +25,11 @@ class ExperimentHandler(ExperimentClassifier):
     pass
 '''
 CANDIDATE_FILES = ("model.onnx", "reference.pt", "verification.json", "model.int8.onnx")
+
+
+def _plain_member(name: str) -> bool:
+    """A member path that stays inside the archive: relative, no '..', no backslashes."""
+    return bool(name) and "\\" not in name and not name.startswith("/") and ".." not in name.split("/")
 
 
 def read_archive(mar: Path) -> tuple[dict, dict, dict]:
@@ -56,12 +62,15 @@ def combine(
     if "handlers/experiment_classifier.py" not in files:
         raise ValueError(f"{primary} predates experiments (no handlers/experiment_classifier.py): archive it again")
     model, c_model = manifest["model"], c_manifest["model"]
-    experiment = ExperimentConfig(mode, f"{CANDIDATE_DIR}/{c_model['serializedFile']}", c_model["modelVersion"],
-                                  model["modelVersion"], sample, share, key_header.lower())  # fmt: skip
-    handler = dict(config.get("handler") or {})
+    serialized = c_model["serializedFile"]
+    if not _plain_member(serialized) or serialized not in c_files:
+        raise ValueError(f"{candidate}: its manifest's serializedFile {serialized!r} is not a file of the archive")
+    experiment = ExperimentConfig(mode, f"{CANDIDATE_DIR}/{serialized}", c_model["modelVersion"],
+                                  model["modelVersion"], sample, share, key_header.lower(), secrets.token_hex(8),
+                                  bool((c_config.get("handler") or {}).get("trust_program")))  # fmt: skip
+    ExperimentConfig.from_dict(experiment.to_dict())  # the checks the worker makes, now
+    handler = dict(config.get("handler") or {})  # the primary's own settings: trust stays its own
     handler["experiment"] = experiment.to_dict()
-    if (c_config.get("handler") or {}).get("trust_program"):  # a program the candidate's archive was trusted with
-        handler["trust_program"] = True
     config["handler"] = handler
     version = experiment_version(model["modelVersion"], mode, c_model["modelVersion"])
     manifest["model"] = {
@@ -73,7 +82,7 @@ def combine(
     combined = {
         name: data for name, data in files.items() if name not in ("MAR-INF/MANIFEST.json", "model-config.yaml")
     }
-    combined[f"{CANDIDATE_DIR}/{c_model['serializedFile']}"] = c_files[c_model["serializedFile"]]
+    combined[f"{CANDIDATE_DIR}/{serialized}"] = c_files[serialized]
     for name in CANDIDATE_FILES:
         if name in c_files:
             combined[f"{CANDIDATE_DIR}/{name}"] = c_files[name]

@@ -22,27 +22,27 @@ MAX_PROFILE_IMAGES = 500  # the monitoring profile: as many as given
 MAX_PIXELS = 50_000_000
 
 
-def reference_set(model: nn.Module, recipe: Recipe, folder: Path) -> ReferenceSet:
+def reference_set(model: nn.Module, recipe: Recipe, folder: Path, profile: Path | None = None) -> ReferenceSet:
     """The photos of `folder`, decoded as served, with the eager float32 model's logits: the first
-    MAX_REFERENCE_IMAGES to verify backends on, and all of them (up to MAX_PROFILE_IMAGES) as the
-    monitoring profile (the per-image channel means and top-1 probabilities drift is measured
-    against)."""
-    files = image_files(folder)[:MAX_PROFILE_IMAGES]
+    MAX_REFERENCE_IMAGES to verify backends on; and the monitoring profile (the per-image channel
+    means and top-1 probabilities drift is measured against) over every photo of `profile`
+    (default: `folder`), up to MAX_PROFILE_IMAGES."""
+    files = image_files(folder)[:MAX_REFERENCE_IMAGES]
     if not files:
         raise ValueError(f"no photos in {folder} to verify the backends with (--reference-images names a folder)")
-    means, top1, pixels, logits = [], [], [], []
-    for start in range(0, len(files), 32):
-        batch = torch.stack([image_pixels(f.read_bytes(), MAX_PIXELS, recipe) for f in files[start : start + 32]])
+    pixels = torch.stack([image_pixels(f.read_bytes(), MAX_PIXELS, recipe) for f in files])
+    with torch.inference_mode():
+        logits = model(normalize(pixels, recipe)).float()
+    profile_files = image_files(profile)[:MAX_PROFILE_IMAGES] if profile is not None else files
+    means, top1 = [], []
+    for start in range(0, len(profile_files), 32):
+        part = profile_files[start : start + 32]
+        batch = torch.stack([image_pixels(f.read_bytes(), MAX_PIXELS, recipe) for f in part])
         with torch.inference_mode():
             out = model(normalize(batch, recipe)).float()
         means.append(torch.from_numpy(channel_means(batch, recipe.mean, recipe.std)))
         top1.append(torch.softmax(out, 1).max(1).values)
-        if start < MAX_REFERENCE_IMAGES:  # the photos verification runs on: the first few
-            pixels.append(batch)
-            logits.append(out)
-    n = min(len(files), MAX_REFERENCE_IMAGES)
-    return ReferenceSet(torch.cat(pixels)[:n], torch.cat(logits)[:n], tuple(f.name for f in files[:n]),
-                        torch.cat(means), torch.cat(top1))  # fmt: skip
+    return ReferenceSet(pixels, logits, tuple(f.name for f in files), torch.cat(means), torch.cat(top1))
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -60,7 +60,7 @@ def validate(checkpoint: Path, settings: Settings, version: str) -> tuple[torch.
 
 def serving_extras(
     model, info, stage: Path, reference_images: Path, onnx: bool, settings: Settings, build_torch,
-    verify_images: Path | None = None, calibration_images: Path | None = None,
+    verify_images: Path | None = None, calibration_images: Path | None = None, profile_images: Path | None = None,
 ) -> tuple[list[Path], str]:  # fmt: skip
     """The reference photos, with `onnx` the ONNX file every other backend serves, and with
     `verify_images` the verification record (and an int8 file where the settings ask for int8),
@@ -71,13 +71,14 @@ def serving_extras(
             "give --verify-images DIR (hundreds of your own photos) to measure what that costs against the "
             "float32 answers, or leave them at their defaults"
         )
-    reference = reference_set(model, info.recipe, reference_images)
+    reference = reference_set(model, info.recipe, reference_images, profile_images or verify_images)
     reference.save(stage / REFERENCE_FILE)
     files = [stage / REFERENCE_FILE]
     if not onnx:
         backends = "backends: torch (--no-onnx)"
     else:
         try:
+            print("exporting the ONNX file ONNX Runtime and OpenVINO serve, and verifying it ...", file=sys.stderr)
             verdict = export_serving_onnx(model, info.recipe, stage / "model.onnx", reference)
             files.append(stage / "model.onnx")
             backends = (
@@ -223,6 +224,7 @@ def archive(
     verify_images: Path | None = None,
     calibration_images: Path | None = None,
     file_name: str | None = None,
+    profile_images: Path | None = None,
 ) -> tuple[Path, str]:
     """Validate the checkpoint, write its reference photos, ONNX file and verification record,
     and archive it all -> (the .mar, a summary of what it holds). ValueError, RuntimeError or
@@ -236,7 +238,7 @@ def archive(
 
     with tempfile.TemporaryDirectory() as tmp:
         extras, backends = serving_extras(model, info, Path(tmp), reference_images, onnx, settings, build_torch,
-                                          verify_images, calibration_images)  # fmt: skip
+                                          verify_images, calibration_images, profile_images)  # fmt: skip
         mar = build(checkpoint, name, version, export, config, handler, model_file, tuple(extras), file_name)
     return mar, f"{summary}\n  {backends}"
 
@@ -317,6 +319,12 @@ def main(argv=None) -> int:
         help="with handler.precision=int8: photos the int8 ranges are calibrated on (default: --reference-images, "
         "with random crops of them up to 96); keep them apart from --verify-images",
     )
+    parser.add_argument(
+        "--profile-images",
+        type=Path,
+        help="photos like your traffic (hundreds) that input and confidence drift are measured against "
+        "(default: --verify-images; with fewer than 100, each worker pins its first 500 live images instead)",
+    )
     parser.add_argument("--no-onnx", action="store_true", help="no ONNX file in the archive: it serves with torch")
     experiment = parser.add_argument_group(
         "an experiment archive: a candidate model beside this one (docs/EXPERIMENTS.md)"
@@ -332,6 +340,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         try:
+            from tsctl.state_files import checked_name
+
+            checked_name(args.model_name, "--model-name")
+            checked_name(args.version, "--version")
+            checked_name(args.candidate_version, "--candidate-version")
             config = model_config(
                 args.config, args.set + (["handler.trust_program=true"] if args.trust_program else [])
             )
@@ -348,7 +361,8 @@ def main(argv=None) -> int:
             export = Path(tmp) / "primary" if args.candidate else args.export_path
             mar, summary = archive(checkpoint, args.model_name, args.version, export, config, args.handler,
                                    args.model_file, args.reference_images, not args.no_onnx, args.verify_images,
-                                   args.calibration_images, None if args.candidate else args.file_name)  # fmt: skip
+                                   args.calibration_images, None if args.candidate else args.file_name,
+                                   args.profile_images)  # fmt: skip
             if args.candidate:
                 mar, summary = experiment_archive(mar, args, config, Path(tmp))
         except (ValueError, RuntimeError, FileNotFoundError) as exc:

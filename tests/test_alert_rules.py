@@ -22,7 +22,7 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool comes wit
 @needs_promtool
 def test_promtool_checks_the_rules():
     out = subprocess.run([PROMTOOL, "check", "rules", str(RULES)], capture_output=True, text=True)
-    assert out.returncode == 0 and "SUCCESS: 8 rules found" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "SUCCESS: 10 rules found" in out.stdout, out.stdout + out.stderr
 
 
 @needs_promtool
@@ -36,13 +36,17 @@ def test_every_rule_fires_where_it_should_and_only_there():
 
 
 def test_the_rules_use_declared_metrics_only():
-    declared = set(METRICS) | {"GPUMemoryUtilization"}  # TorchServe's own system metric on GPU hosts
+    # TorchServe's own: a GPU host's system metric, the frontend's 5xx, its queue time and requests
+    frontend = {"GPUMemoryUtilization", "Requests5XX", "ts_queue_latency_microseconds", "ts_inference_requests_total"}
+    declared = set(METRICS) | frontend
     metrics_yaml = yaml.safe_load((ROOT / "metrics.yaml").read_text())
     names = {m["name"] for section in metrics_yaml.values() if isinstance(section, dict)
              for kind in section.values() for m in kind}  # fmt: skip
     for rule in yaml.safe_load(RULES.read_text())["groups"][0]["rules"]:
-        used = set(re.findall(r"\b(image_classifier_\w+?|GPUMemoryUtilization)(?:_bucket)?\b", rule["expr"]))
-        assert used and used <= declared and used <= names | {"GPUMemoryUtilization"}, (rule["alert"], used)
+        used = set(
+            re.findall(r"\b(image_classifier_\w+?|GPUMemoryUtilization|Requests5XX|ts_\w+)(?:_bucket)?\b", rule["expr"])
+        )
+        assert used and used <= declared and used <= names | frontend, (rule["alert"], used)
 
 
 def test_the_prometheus_rule_holds_the_same_groups():

@@ -36,14 +36,23 @@ def photo(name, size=None, **save) -> bytes:
     return jpeg_bytes(img.resize(size, Image.BICUBIC) if size else img, quality=90, **save)
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
-def test_the_exact_path_never_takes_torchcodec_or_draft_decoding(fmt, torchcodec_calls):
-    img = Image.open(PHOTOS[0]).convert("RGB")
+@pytest.mark.parametrize(
+    "fmt, mode, decoder",
+    [("JPEG", "RGB", False), ("PNG", "RGB", True), ("PNG", "RGBA", True), ("PNG", "L", True), ("PNG", "LA", True),
+     ("WEBP", "RGB", True), ("WEBP", "RGBA", True)],
+)  # fmt: skip
+@pytest.mark.parametrize("mode_of_crop", ["center", "border"])
+def test_the_exact_path_gives_pillows_pixels(fmt, mode, decoder, mode_of_crop, torchcodec_calls):
+    """The default path: Pillow's resize of Pillow's pixels; PNG and WebP decoded by TorchCodec
+    (one buffer) and resized plane by plane give exactly those; JPEGs are Pillow's alone."""
+    img = Image.open(PHOTOS[0]).convert("RGBA")
+    img.putalpha(Image.linear_gradient("L").resize(img.size))
     buf = io.BytesIO()
-    img.save(buf, fmt)
-    served = image_pixels(buf.getvalue(), LIMIT, RECIPE)
-    assert torchcodec_calls == []
-    assert torch.equal(served, recipe_pixels(decode_image(buf.getvalue(), LIMIT), RECIPE))
+    img.convert(mode).save(buf, fmt, **({"lossless": True} if fmt == "WEBP" and mode == "RGBA" else {}))
+    recipe = Recipe(crop_size=224, resize_size=256, interpolation="bicubic", crop_mode=mode_of_crop)
+    served = image_pixels(buf.getvalue(), LIMIT, recipe)
+    assert bool(torchcodec_calls) == decoder
+    assert torch.equal(served, recipe_pixels(decode_image(buf.getvalue(), LIMIT), recipe))
 
 
 @pytest.mark.parametrize("path", PHOTOS, ids=lambda p: p.name)

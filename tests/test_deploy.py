@@ -117,7 +117,8 @@ def test_the_image_runs_the_stack_setup_cfg_pins_and_the_wrapper_apart():
     dockerfile = (ROOT / "deploy" / "image" / "Dockerfile").read_text()
     torch = [p for p in pins if p.startswith(("torch==", "torchvision=="))]
     assert len(torch) == 2 and f"pip install --no-cache-dir {' '.join(torch)} --index-url" in dockerfile
-    assert "/opt/ts/bin/pip install --no-cache-dir ." in dockerfile  # the rest as setup.cfg pins it
+    assert '/opt/ts/bin/pip install --no-cache-dir ".${EXTRAS}"' in dockerfile  # the rest as setup.cfg pins it
+    assert 'ARG EXTRAS=""' in dockerfile and "--build-arg EXTRAS=[gpu]" in (ROOT / "Makefile").read_text()
     assert "kserve-wrapper.sh /tmp/wrapper-src /opt/kserve-wrapper" in dockerfile  # as the pod test builds it
     assert "kserve[storage]==0.13.0" in (ROOT / "deploy" / "image" / "kserve-wrapper.sh").read_text()
     assert dockerfile.rstrip().splitlines()[-1] == "USER 1000"  # the uid KServe's runtime runs it as

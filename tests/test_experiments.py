@@ -93,6 +93,8 @@ def test_a_key_lands_in_one_arm_for_good_and_keys_split_near_the_share():
     keys = [f"user-{i}" for i in range(10_000)]
     arms = [takes_candidate(k, 0.3) for k in keys]
     assert arms == [takes_candidate(k, 0.3) for k in keys]  # stable
+    salted = [takes_candidate(k, 0.3, "a1b2") for k in keys]  # another experiment: other users in its arm
+    assert salted == [takes_candidate(k, 0.3, "a1b2") for k in keys] and salted != arms
     assert abs(np.mean(arms) - 0.3) < 0.02
     assert not any(takes_candidate(k, 0.0) for k in keys[:100]) and all(takes_candidate(k, 1.0) for k in keys[:100])
 
@@ -116,8 +118,50 @@ def test_a_bad_experiment_setting_is_refused():
         )
     with pytest.raises(ValueError, match="sample"):
         ExperimentConfig.from_dict(
-            {"mode": "shadow", "candidate": "c", "candidate_version": "2", "primary_version": "1", "sample": 0}
-        )
+            {"mode": "shadow", "candidate": "candidate/c.pt", "candidate_version": "2", "primary_version": "1",
+             "sample": 0}
+        )  # fmt: skip
+    for outside in ("../handlers/image_classifier.py", "candidate/../image_classifier.py", "/etc/passwd", "c.pt"):
+        with pytest.raises(ValueError, match="must be a file under candidate/"):
+            ExperimentConfig.from_dict(
+                {"mode": "shadow", "candidate": outside, "candidate_version": "2", "primary_version": "1"}
+            )
+
+
+def test_a_candidate_archive_whose_files_leave_it_is_refused_and_trust_stays_its_own(archive, tmp_path):
+    import io
+
+    from modeltools.experiment_archive import combine, read_archive
+
+    manifest, config, files = read_archive(archive)
+    candidate_pt = config["handler"]["experiment"]["candidate"]  # the candidate's checkpoint in the archive
+    bad = io.BytesIO()
+    with zipfile.ZipFile(bad, "w") as z:
+        model = {"modelName": "m", "modelVersion": "9.0", "serializedFile": "../handlers/image_classifier.py"}
+        z.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": model}))
+        z.writestr("model-config.yaml", "handler: {trust_program: true}\n")
+        z.writestr("../handlers/image_classifier.py", "print('overwritten')")
+    (tmp_path / "bad.mar").write_bytes(bad.getvalue())
+    primary = tmp_path / "primary.mar"
+    with zipfile.ZipFile(primary, "w") as z:  # the experiment archive's primary part, as an archive of its own
+        for name, data in files.items():
+            if not name.startswith("candidate/"):
+                z.writestr(name, data)
+    with pytest.raises(ValueError, match="is not a file of the archive"):
+        combine(primary, tmp_path / "bad.mar", tmp_path / "out.mar", "shadow")
+    trusted = tmp_path / "trusted.mar"
+    with zipfile.ZipFile(trusted, "w") as z:
+        model = {"modelName": "m", "modelVersion": "9.0", "serializedFile": "c.pt"}
+        z.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": model}))
+        z.writestr("model-config.yaml", "handler: {trust_program: true}\n")
+        z.writestr("c.pt", files[candidate_pt])
+    combine(primary, trusted, tmp_path / "both.mar", "split")
+    _, combined, _ = read_archive(tmp_path / "both.mar")
+    assert combined["handler"]["experiment"]["candidate_trust_program"] is True
+    assert not combined["handler"].get("trust_program")  # the primary is not trusted with code
+    salt = combined["handler"]["experiment"]["salt"]
+    combine(primary, trusted, tmp_path / "again.mar", "split")
+    assert len(salt) == 16 and read_archive(tmp_path / "again.mar")[1]["handler"]["experiment"]["salt"] != salt
 
 
 def test_shadow_answers_are_the_primarys_and_agreement_is_what_the_models_give_offline(
@@ -174,7 +218,7 @@ def test_a_split_answers_each_key_from_one_arm_with_its_version(split):
     again = run_batch(split, [{"body": photo}] * 16, headers=[{"X-User-Id": k} for k in keys])
     versions = [a.headers["x-model-version"] for a in answers]
     assert versions == [a.headers["x-model-version"] for a in again]  # the same arm, every time
-    assert versions == ["3.0" if takes_candidate(k, 0.5) else "1.0" for k in keys]
+    assert versions == ["3.0" if takes_candidate(k, 0.5, split.experiment.salt) else "1.0" for k in keys]
     assert {"1.0", "3.0"} <= set(versions) and all(a.status == 200 for a in answers)
     labels = {v: {a.body[0]["label"] for a, ver in zip(answers, versions) if ver == v} for v in ("1.0", "3.0")}
     assert len(labels["1.0"]) == 1 and labels["1.0"] != labels["3.0"]  # the permuted candidate answers otherwise

@@ -1,6 +1,8 @@
-"""The window of what the model is fed and how sure it is, against the archive's reference
-profile: the same photos drift nowhere, swapped channels and darkness move the input score past
-its alert, a collapse of confidence moves the confidence score; scores need a full-enough window."""
+"""The window of what the model is fed and how sure it is, against a reference profile of a few
+hundred images: traffic from the same distribution drifts nowhere (the false-alarm rate is
+measured), swapped channels and darkness move the input score past its alert, a collapse of
+confidence moves the confidence score; scores need a full-enough window, and a profile too
+small to carry a signal gives none until the worker pins its first live images."""
 
 from __future__ import annotations
 
@@ -15,8 +17,20 @@ from PIL import Image
 from handlers.model.checkpoint import load_classifier
 from handlers.model.recipe import normalize
 from handlers.model.reference import FILE, ReferenceSet
-from handlers.monitoring import MIN_WINDOW, REPORT_SAMPLE, Monitor, Profile, Reporter, answer_stats, ks, psi
-from handlers.request.pixels import image_pixels
+from handlers.monitoring import (
+    MIN_PROFILE,
+    MIN_WINDOW,
+    REPORT_SAMPLE,
+    WINDOW,
+    Monitor,
+    Profile,
+    Reporter,
+    answer_stats,
+    channel_means,
+    ks,
+    psi,
+)
+from handlers.request.pixels import image_pixels, recipe_pixels
 from tests.conftest import ROOT
 
 PHOTOS = sorted((ROOT / "samples").glob("*.jpg"))
@@ -63,29 +77,62 @@ def test_answer_stats_are_top1_margin_and_entropy():
     assert np.allclose(stats["margin"], [0.5, 0.0], atol=1e-6) and np.isclose(stats["entropy"][1], np.log(3))
 
 
+def crops(recipe, count: int, seed: int, transform=None) -> torch.Tensor:
+    """uint8 [count, 3, H, W]: random crops (30-100% of a photo, any aspect, mirrored at random) of
+    samples/, as served: one distribution, drawn afresh for each seed."""
+    rng = np.random.default_rng(seed)
+    photos = [Image.open(p).convert("RGB") for p in PHOTOS]
+    out = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        cw, ch = int(w * rng.uniform(0.3, 1)), int(h * rng.uniform(0.3, 1))
+        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        img = photo.crop((left, top, left + cw, top + ch))
+        img = img.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
+        out.append(recipe_pixels(transform(img) if transform else img, recipe))
+    return torch.stack(out)
+
+
+@pytest.fixture(scope="module")
+def profile(model_and_recipe) -> Profile:
+    """The reference of an archive built with --profile-images: 200 crops."""
+    model, recipe = model_and_recipe
+    pixels = crops(recipe, 200, seed=0)
+    with torch.inference_mode():
+        top1 = torch.softmax(model(normalize(pixels, recipe)), 1).max(1).values.numpy()
+    return Profile(channel_means(pixels, recipe.mean, recipe.std), top1)
+
+
+def test_traffic_like_the_profile_raises_no_false_alarm(model_and_recipe, profile):
+    _, recipe = model_and_recipe
+    windows = [crops(recipe, WINDOW, seed) for seed in (1, 2, 3)]
+    scores = [max(psi(profile.channel_means[:, c], channel_means(w, recipe.mean, recipe.std)[:, c]) for c in range(3))
+              for w in windows]  # fmt: skip
+    assert max(scores) < 0.1, scores  # false alarms at 0.25: none in these windows, with room to spare
+
+
 @pytest.mark.parametrize(
     "name, transform, drifts",
     [
-        ("the reference photos", None, False),
+        ("more of the same kind of photo", None, False),
         ("channels swapped (BGR sent for RGB)", lambda img: Image.merge("RGB", img.split()[::-1]), True),
         ("darkened to 30%", lambda img: img.point(lambda v: int(v * 0.3)), True),
     ],
 )
-def test_input_drift_against_the_archives_profile(served_archive, model_and_recipe, name, transform, drifts):
+def test_input_drift_against_the_profile(model_and_recipe, profile, name, transform, drifts):
     model, recipe = model_and_recipe
-    reference = ReferenceSet.load(served_archive / FILE)
-    monitor = Monitor(Profile.of(reference, recipe.mean, recipe.std), recipe.mean, recipe.std)
-    scores = feed(monitor, model, recipe, served(recipe, transform))
+    monitor = Monitor(profile, recipe.mean, recipe.std)
+    scores = feed(monitor, model, recipe, crops(recipe, 120, seed=7, transform=transform), times=1)
     assert (scores["input_drift_psi"] > 0.25) is drifts, (name, scores)
-    assert scores["reference_confidence"] == pytest.approx(float(reference.profile_top1.mean()))
+    assert scores["reference_confidence"] == pytest.approx(float(profile.top1.mean()))
     if not drifts:
-        assert scores["input_drift_psi"] == pytest.approx(0, abs=0.05) and scores["confidence_drift_ks"] < 0.2
+        assert scores["input_drift_psi"] < 0.1 and scores["confidence_drift_ks"] < 0.2
 
 
-def test_a_collapse_of_confidence_moves_the_ks_score_and_the_mean(served_archive, model_and_recipe):
+def test_a_collapse_of_confidence_moves_the_ks_score_and_the_mean(model_and_recipe, profile):
     model, recipe = model_and_recipe
-    monitor = Monitor(Profile.of(ReferenceSet.load(served_archive / FILE), recipe.mean, recipe.std), recipe.mean,
-                      recipe.std)  # fmt: skip
+    monitor = Monitor(profile, recipe.mean, recipe.std)
     noise = torch.randint(
         0, 256, (len(PHOTOS), 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
@@ -93,14 +140,29 @@ def test_a_collapse_of_confidence_moves_the_ks_score_and_the_mean(served_archive
     assert scores["confidence_drift_ks"] > 0.3 and scores["mean_confidence"] < 0.75 * scores["reference_confidence"]
 
 
-def test_no_score_before_the_window_holds_enough(model_and_recipe):
+def test_no_score_before_the_window_holds_enough(model_and_recipe, profile):
     model, recipe = model_and_recipe
-    profile = Profile(np.zeros((8, 3), np.float32), np.full(8, 0.5, np.float32))
     monitor = Monitor(profile, recipe.mean, recipe.std)
     pixels = served(recipe)[:2]
     scores = feed(monitor, model, recipe, pixels, times=1)
     assert scores["input_drift_psi"] is None and scores["confidence_drift_ks"] is None and MIN_WINDOW > 2
     assert Monitor(None, recipe.mean, recipe.std).scores()["input_drift_psi"] is None
+
+
+def test_a_profile_too_small_gives_no_drift_until_live_images_are_pinned(served_archive, model_and_recipe):
+    model, recipe = model_and_recipe
+    small = Profile.of(ReferenceSet.load(served_archive / FILE), recipe.mean, recipe.std)  # samples/: 8 photos
+    assert small.images < MIN_PROFILE
+    monitor = Monitor(small, recipe.mean, recipe.std)
+    scores = feed(monitor, model, recipe, crops(recipe, 100, seed=1), times=2)  # traffic unlike 8 photos, 200 images
+    assert scores["input_drift_psi"] is None and scores["confidence_drift_ks"] is None
+    assert monitor.describe()["reference"]["drift"].startswith("off until 500 live images are pinned")
+    scores = feed(monitor, model, recipe, crops(recipe, 300, seed=2), times=1)  # the window is full: pinned
+    assert scores["input_drift_psi"] == pytest.approx(0, abs=1e-9)
+    assert monitor.describe()["reference"]["source"] == "live"
+    scores = feed(monitor, model, recipe, crops(recipe, WINDOW, seed=3, transform=lambda i: i.point(lambda v: v // 3)),
+                  times=1)  # fmt: skip
+    assert scores["input_drift_psi"] > 0.25
 
 
 class Recorded:

@@ -13,6 +13,7 @@ from tsctl import experiment as experiments
 from tsctl import serve as local
 from tsctl.client import ApiError, Client
 from tsctl.rollout import Gate, Plan, State, rollback, rollout
+from tsctl.state_files import checked_name, command_lock
 
 
 def main(argv=None) -> int:
@@ -125,16 +126,31 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     client = Client(args.inference_url, args.management_url, args.key_file)
     try:
-        code = COMMANDS[args.command](client, args)
-        if args.command in CHANGES_WHAT_IS_SERVED and (_workdir(client) / ".tsctl" / "config.properties").exists():
-            local.remember(client, _workdir(client))  # a restart serves it again (tsctl serve)
+        _check_names(args)
+        if args.command not in CHANGES_WHAT_IS_SERVED | {"serve", "stop"}:
+            return COMMANDS[args.command](client, args)
+        with command_lock(_workdir(client), args.command):  # one at a time: each sees the last one's state
+            code = COMMANDS[args.command](client, args)
+            if args.command in CHANGES_WHAT_IS_SERVED and (_workdir(client) / ".tsctl" / "config.properties").exists():
+                local.remember(client, _workdir(client))  # a restart serves it again (tsctl serve)
         return code
+    except KeyboardInterrupt:
+        print("tsctl: interrupted", file=sys.stderr)
+        return 130
     except local.StartFailed as exc:
         print(f"tsctl: {exc}", file=sys.stderr)
         return 1
     except (ApiError, TimeoutError, FileNotFoundError, ValueError, RuntimeError, requests.RequestException) as exc:
         print(f"tsctl: {exc}", file=sys.stderr)
         return 1
+
+
+def _check_names(args) -> None:
+    """Model names and versions where they enter: what TorchServe and the saved state can hold."""
+    for attr, what in (("model", "model name"), ("model_name", "model name"), ("version", "version")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            checked_name(value, what)
 
 
 def _workdir(client: Client) -> Path:
@@ -179,6 +195,8 @@ def _describe(client: Client, args) -> int:
 
 
 def _register(client: Client, args) -> int:
+    print(f"registering {args.url} with {args.workers} worker(s): TorchServe answers once they are loaded "
+          "(each verifies its backends; logs/model_log.log shows its steps) ...", file=sys.stderr)  # fmt: skip
     print(client.register(args.url, args.workers, args.model_name, args.batch_size, args.max_batch_delay))
     return 0
 

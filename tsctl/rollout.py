@@ -12,8 +12,6 @@ never overwritten.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +22,8 @@ from tsctl.client import ApiError, Client
 from tsctl.experiment import start as start_experiment
 from tsctl.experiment import status as experiment_status
 from tsctl.experiment import stop as stop_experiment
-from tsctl.steps import FAULTS, drain, live_requests, mar_version, retrying, stage_archive
+from tsctl.state_files import read_json, write_json
+from tsctl.steps import FAULTS, PROGRESS_EVERY_S, Outcomes, drain, live_requests, mar_version, retrying, stage_archive
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
@@ -122,33 +121,42 @@ def gate_failures(old: GoldenRun, new: GoldenRun, gate: Gate) -> list[str]:
 
 
 def watch(client: Client, model: str, files: list[Path], seconds: float, max_error_rate: float, min_requests: int = 8,
-          metrics_url: str | None = None):  # fmt: skip
+          metrics_url: str | None = None, log=print):  # fmt: skip
     """Probe the unversioned endpoint for `seconds`, and with `metrics_url` count what every
-    client got meanwhile (live error counts); returns None, or why it must roll back. A probe
-    that fails in any way (an error answer, no answer) counts as an error; the rate is judged
-    early once `min_requests` were seen, and at the end on whatever was seen."""
+    client got meanwhile; returns None, or why it must roll back. Only the server's failures count:
+    a probe answered 5xx or not at all, the handler's 500s, the frontend's own 5xx (no worker, a
+    full queue, a timeout). Client errors (4xx: bad uploads) are reported, never a reason to roll
+    back. The rate is judged early once `min_requests` were seen, and at the end on all of them."""
     sent = failed = 0
-    base = live_requests(metrics_url, model) if metrics_url else (0.0, 0.0)
-    live = (0.0, 0.0)
-    deadline = time.monotonic() + seconds
+    base = live_requests(metrics_url, model) if metrics_url else Outcomes()
+    live = Outcomes()
+    start = time.monotonic()
+    deadline, said = start + seconds, start
     while time.monotonic() < deadline:
+        if time.monotonic() - said >= PROGRESS_EVERY_S:
+            said = time.monotonic()
+            log(f"  watching: {said - start:.0f}/{seconds:.0f} s, {max(sent, live.answered):.0f} requests, "
+                f"{max(failed, live.failed):.0f} server errors, {live.client_errors:.0f} client errors")  # fmt: skip
         path = files[sent % len(files)]
         try:
             client.predict(model, path.read_bytes(), timeout=30)
-        except (ApiError, requests.RequestException):
+        except ApiError as exc:
+            failed += exc.status >= 500
+        except requests.RequestException:
             failed += 1
         sent += 1
         if metrics_url:
             with contextlib.suppress(requests.RequestException, ValueError):
-                now = live_requests(metrics_url, model)
-                live = (now[0] - base[0], now[1] - base[1])
-        seen, bad = max(sent, live[0]), max(failed, live[1])
+                live = live_requests(metrics_url, model).since(base)
+        seen, bad = max(sent, live.answered), max(failed, live.failed)
         if seen >= min_requests and bad / seen > max_error_rate:
             break
         time.sleep(0.1)
-    seen, bad = max(sent, live[0]), max(failed, live[1])
+    seen, bad = max(sent, live.answered), max(failed, live.failed)
+    if live.client_errors:
+        log(f"  {live.client_errors:.0f} of {seen:.0f} requests were client errors (4xx): not the new version's fault")
     if seen and bad / seen > max_error_rate:
-        return f"error rate {bad:.0f}/{seen:.0f} = {bad / seen:.0%} > {max_error_rate:.0%} after promotion"
+        return f"server error rate {bad:.0f}/{seen:.0f} = {bad / seen:.0%} > {max_error_rate:.0%} after promotion"
     return None
 
 
@@ -159,13 +167,10 @@ class State:
         self.path = Path(path)
 
     def load(self) -> dict:
-        return json.loads(self.path.read_text()) if self.path.exists() else {}
+        return read_json(self.path, "delete it; tsctl rollback then has no previous version to return to")
 
     def save(self, **values) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps({**self.load(), **values}, indent=2))
-        os.replace(partial, self.path)
+        write_json(self.path, {**self.load(), **values})
 
 
 class Restore:
@@ -272,9 +277,9 @@ def rollout(client: Client, plan: Plan, state: State, log=print) -> int:
             rolled_back_from=None,
         )
         log(f"promoted v{new}; watching the error rate for {plan.watch_s:.0f} s ...")
-        why = watch(client, model, files, plan.watch_s, plan.max_error_rate, metrics_url=plan.metrics_url)
-    except FAULTS as exc:
-        log(f"rollout of v{new} interrupted: {exc}")
+        why = watch(client, model, files, plan.watch_s, plan.max_error_rate, metrics_url=plan.metrics_url, log=log)
+    except (*FAULTS, KeyboardInterrupt) as exc:
+        log(f"rollout of v{new} interrupted: {exc or 'Ctrl-C'}; restoring the state before it ...")
         if promoted and restore.after_promotion():
             state.save(previous=None, previous_url=None, current=old, rolled_back_from=new)
             log(f"restored: {model} default is v{old}, v{new} unregistered")
@@ -302,11 +307,16 @@ def shadow_failures(client: Client, model: str, plan: Plan, log=print) -> list[s
     """Wait for `plan.shadow_pairs` paired answers of live traffic; why the candidate must not be
     promoted (empty when the live agreement's lower bound and its latency pass)."""
     log(f"shadowing live traffic until {plan.shadow_pairs} paired answers (at most {plan.shadow_timeout_s:.0f} s) ...")
-    deadline, seen = time.monotonic() + plan.shadow_timeout_s, {}
+    start = time.monotonic()
+    deadline, seen, said = start + plan.shadow_timeout_s, {}, start
     while time.monotonic() < deadline:
         seen = experiment_status(client, model) or {}
         if seen.get("pairs", 0) >= plan.shadow_pairs:
             break
+        if time.monotonic() - said >= PROGRESS_EVERY_S:
+            said = time.monotonic()
+            log(f"  {said - start:.0f} s: {seen.get('pairs', 0)}/{plan.shadow_pairs} paired answers, "
+                f"{deadline - said:.0f} s left")  # fmt: skip
         time.sleep(1)
     else:
         return [f"only {seen.get('pairs', 0)} paired answers in {plan.shadow_timeout_s:.0f} s of live traffic "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ import yaml
 
 from tsctl.client import ApiError, Client
 from tsctl.local_server import LOG_CONFIG
+from tsctl.state_files import checked_name, read_json, write_json
+from tsctl.steps import PROGRESS_EVERY_S
 
 LAUNCH = "import sys; from ts.model_server import start; sys.exit(start())"
 # what TorchServe's logs say when a worker dies or a model fails to load (it would retry forever)
@@ -71,11 +74,7 @@ def describe_serving(client: Client) -> dict:
 def remember(client: Client, workdir: Path) -> dict:
     """Write what is served to the work folder's state; returns it."""
     served = describe_serving(client)
-    path = state_path(workdir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"models": served, "saved_at": time.time()}, indent=2))
-    os.replace(partial, path)
+    write_json(state_path(workdir), {"models": served, "saved_at": time.time()})
     return served
 
 
@@ -85,6 +84,8 @@ def archive_entry(mar: Path, workers: int) -> tuple[str, str, dict]:
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]
         names = set(z.namelist())
         config = yaml.safe_load(z.read("model-config.yaml")) if "model-config.yaml" in names else {}
+    checked_name(manifest["modelName"], f"{mar.name}: model name")
+    checked_name(manifest["modelVersion"], f"{mar.name}: version")
     entry = {"defaultVersion": True, "marName": mar.name, "minWorkers": workers, "maxWorkers": workers,
              "batchSize": config.get("batchSize", 1), "maxBatchDelay": config.get("maxBatchDelay", 100),
              "responseTimeout": config.get("responseTimeout", 120)}  # fmt: skip
@@ -118,14 +119,14 @@ def plan(archives: list[Path], workers: int, workdir: Path, fresh: bool, log=pri
 
 def saved_models(workdir: Path) -> dict:
     """The models the last stop saved, {} when none; a damaged state file is named with what to do."""
-    path = state_path(workdir)
-    if not path.exists():
-        return {}
+    fix = "delete it, or start with make serve FRESH=1 (tsctl serve --fresh), which serves the given archive only"
     try:
-        return json.loads(path.read_text()).get("models", {})
-    except (ValueError, AttributeError) as exc:
-        raise StartFailed(f"{path} is not a saved state ({exc}): delete it, or start with make serve FRESH=1 "
-                          "(tsctl serve --fresh), which serves the given archive only") from None  # fmt: skip
+        models = read_json(state_path(workdir), fix).get("models", {})
+    except ValueError as exc:
+        raise StartFailed(str(exc)) from None
+    if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
+        raise StartFailed(f"{state_path(workdir)} is damaged (no models in it): {fix}")
+    return models
 
 
 def serve(
@@ -157,8 +158,11 @@ def serve(
     if fresh and state_path(workdir).exists():
         state_path(workdir).unlink()
     snapshot = {"name": "startup.cfg", "modelCount": len(models), "models": models}
-    text = "".join(line + "\n" for line in Path(config).read_text().splitlines()
-                   if not line.startswith(("load_models=", "model_snapshot=", "model_store=")))  # fmt: skip
+    replaced = ("load_models=", "model_snapshot=", "model_store=", "allowed_urls=")
+    text = "".join(line + "\n" for line in Path(config).read_text().splitlines() if not line.startswith(replaced))
+    # archives from this model store only, by its absolute path (not any folder named model_store);
+    # a regex, escaped once more for Java's properties format
+    text += "allowed_urls=file://" + re.escape(str(model_store)).replace("\\", "\\\\") + "/[^/]*[.]mar\n"
     started_config = workdir / ".tsctl" / "config.properties"
     started_config.parent.mkdir(parents=True, exist_ok=True)
     started_config.write_text(text + f"model_store={model_store}\nmodel_snapshot={json.dumps(snapshot)}\n")
@@ -186,9 +190,6 @@ def _address(config: Path, kind: str) -> str:
         if line.startswith(f"{kind}_address="):
             return line.split("=", 1)[1].strip()
     return default
-
-
-PROGRESS_EVERY_S = 5.0
 
 
 def _wait(client: Client, models: list[str], workdir: Path, timeout_s: float, log=print) -> None:

@@ -9,11 +9,14 @@ import os
 import shutil
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
 from tsctl.client import ApiError
+
+PROGRESS_EVERY_S = 5.0  # a command that waits says how far it is this often
 
 # What may go wrong while talking to TorchServe: answers we did not want, no answer at all.
 FAULTS = (ApiError, requests.RequestException, TimeoutError, ValueError, KeyError, IndexError)
@@ -65,16 +68,45 @@ def archive_digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def live_requests(metrics_url: str, model: str) -> tuple[float, float]:
-    """(requests answered, of them errors) of `model` so far, from TorchServe's Prometheus text."""
-    total = errors = 0.0
+@dataclass(frozen=True)
+class Outcomes:
+    """Requests answered so far, from TorchServe's Prometheus text: the model's requests by the
+    handler's outcome, and the frontend's own 5xx (503 with no worker or a full queue, 507, a
+    worker's timeout), which never reach the handler. The frontend counts per host, not per
+    model: on a host serving several models, another model's 5xx count here too."""
+
+    total: float = 0.0
+    server_errors: float = 0.0  # the handler's 500s for this model
+    client_errors: float = 0.0  # 4xx: the client's fault, never a reason to roll back
+    frontend_5xx: float = 0.0  # every 5xx the frontend sent, the handler's included
+
+    def since(self, base: Outcomes) -> Outcomes:
+        return Outcomes(*(getattr(self, f) - getattr(base, f) for f in ("total", "server_errors", "client_errors",
+                                                                        "frontend_5xx")))  # fmt: skip
+
+    @property
+    def failed(self) -> float:
+        """Answers that were the server's fault: the handler's 500s, or the frontend's 5xx if more."""
+        return max(self.server_errors, self.frontend_5xx)
+
+    @property
+    def answered(self) -> float:
+        return self.total + max(0.0, self.frontend_5xx - self.server_errors)  # 5xx the handler never saw
+
+
+def live_requests(metrics_url: str, model: str) -> Outcomes:
+    """What TorchServe answered so far (Outcomes), from its Prometheus text."""
+    total = server = client = frontend = 0.0
     text = requests.get(f"{metrics_url.rstrip('/')}/metrics", timeout=10).text
     for line in text.splitlines():
         if line.startswith("image_classifier_requests_total{") and f'model_name="{model}"' in line:
             value = float(line.rsplit(" ", 1)[1])
             total += value
-            errors += 0 if 'outcome="ok"' in line else value
-    return total, errors
+            server += value if 'outcome="server_error"' in line else 0
+            client += value if 'outcome="client_error"' in line else 0
+        elif line.startswith(("Requests5XX{", "Requests5XX ")):
+            frontend += float(line.rsplit(" ", 1)[1])
+    return Outcomes(total, server, client, frontend)
 
 
 def retrying(action, recover_s: float, what: str, log=print):

@@ -51,12 +51,33 @@ def image_pixels(
         draft_jpeg(img, draft_target(*size, recipe))
     with budget.hold(img.size[0] * img.size[1]) if budget else nullcontext():
         as_tensor = resizes_as_tensor(recipe, fast)
-        pixels = decode_pixels(
-            img, data, max_pixels, tensor=torchcodec and as_tensor and img.size == size, keep_gray=as_tensor
-        )
+        # exact: PNGs and WebPs decoded by TorchCodec too (the same pixels as Pillow's, in one
+        # buffer where Pillow's WebP decoder holds three), then resized by Pillow plane by plane
+        planes = not fast and img.format in TENSOR_DECODED_EXACT
+        tensor = torchcodec and (as_tensor or planes) and img.size == size
+        pixels = decode_pixels(img, data, max_pixels, tensor=tensor, keep_gray=as_tensor or planes)
         if isinstance(pixels, torch.Tensor):
-            return _three_channels(resize_crop(pixels, recipe))
+            return _three_channels(resize_crop(pixels, recipe)) if as_tensor else plane_pixels(pixels, recipe)
         return recipe_pixels(pixels, recipe, fast)
+
+
+TENSOR_DECODED_EXACT = ("PNG", "WEBP")
+
+
+def plane_pixels(pixels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+    """uint8 [C, H, W] (C = 3, or 1 for grayscale) -> [3, crop, crop] by Pillow's resize and crop of
+    each plane, as an L image over the tensor's own memory: Pillow resizes every channel of an RGB
+    image alike, so these are the RGB image's pixels, without an interleaved copy of the whole
+    image. A grayscale plane is resized once; each channel is cropped (padded) with its own fill."""
+    out, resized = [], None
+    for c in range(3):
+        if resized is None or len(pixels) == 3:
+            img = _limit_aspect(Image.fromarray(pixels[min(c, len(pixels) - 1)].contiguous().numpy()), recipe)
+            resized = F.resize(
+                img, resize_arg(img.height, img.width, recipe), interpolation=_INTERPOLATION[recipe.interpolation]
+            )
+        out.append(F.pil_to_tensor(_crop(resized, recipe, fill=recipe.fill[c]))[0])
+    return torch.stack(out)
 
 
 def tensor_pixels(pixels: torch.Tensor, recipe: Recipe, fast: bool = False) -> torch.Tensor:
@@ -133,7 +154,7 @@ def draft_target(w: int, h: int, recipe: Recipe) -> tuple[int, int]:
     return size[1], size[0]
 
 
-def _crop(image, recipe: Recipe):
+def _crop(image, recipe: Recipe, fill=None):
     """Center crop to crop_size; in border mode the resized image is first padded with the mean
     colour where it is smaller (timm's CenterCropOrPad)."""
     ch, cw = recipe.crop_hw
@@ -141,7 +162,8 @@ def _crop(image, recipe: Recipe):
         w, h = F.get_size(image)[::-1]
         if cw > w or ch > h:
             pad_w, pad_h = max(cw - w, 0), max(ch - h, 0)
-            fill = recipe.fill if isinstance(image, torch.Tensor) else tuple(recipe.fill)
+            if fill is None:
+                fill = recipe.fill if isinstance(image, torch.Tensor) else tuple(recipe.fill)
             image = F.pad(image, [pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2], fill=fill)
     return F.center_crop(image, [ch, cw])
 

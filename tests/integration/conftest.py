@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(items):
 METRICS_YAML = ROOT / "metrics.yaml"
 
 
-def build_mar(checkpoint, store, name, version="1.0", sets=(), handler=None, onnx=False):
+def build_mar(checkpoint, store, name, version="1.0", sets=(), handler=None, onnx=False, extra=()):
     """`make mar` for a test. Without `onnx` the archive serves with torch alone: tests of
     anything but the backends skip the export and the backend selection at load."""
     cmd = [
@@ -46,7 +46,7 @@ def build_mar(checkpoint, store, name, version="1.0", sets=(), handler=None, onn
         cmd.append("--no-onnx")
     for s in sets:
         cmd += ["--set", s]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*cmd, *map(str, extra)], check=True, stdout=subprocess.DEVNULL)
     return store / f"{name}.mar"
 
 

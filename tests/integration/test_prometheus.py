@@ -1,17 +1,21 @@
 """A real Prometheus scraping a real TorchServe's metrics endpoint, with the shipped alert rules
 loaded: after real traffic the histograms and drift series exist under their documented names;
-darkened photos move the input drift past its alert; a flood of bad requests sets off the
-error-rate alert. Everything is read back from Prometheus's HTTP API, not from the handler.
-(The rules' `for:` durations are minutes: an alert whose expression holds is seen pending.)"""
+darkened photos move the input drift past its alert; a flood of bad uploads sets off no alert,
+while the frontend's own 503s (no worker left) do. Everything is read back from Prometheus's HTTP
+API, not from the handler. (The rules' `for:` durations are minutes: an alert whose expression
+holds is seen pending.)"""
 
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import requests
 import yaml
@@ -47,7 +51,12 @@ def observed(default_checkpoint, bare, tmp_path_factory):
     work = tmp_path_factory.mktemp("observed")
     store = work / "store"
     store.mkdir()
-    build_mar(default_checkpoint, store, MODEL, sets=["batchSize=8", "maxBatchDelay=50"])
+    profile = work / "profile"  # the archive's drift profile: 200 crops of the photos, like the traffic below
+    profile.mkdir()
+    for i, data in enumerate(crops(200, seed=0)):
+        (profile / f"{i:03d}.jpg").write_bytes(data)
+    build_mar(default_checkpoint, store, MODEL, sets=["batchSize=8", "maxBatchDelay=50"],
+              extra=["--profile-images", profile])  # fmt: skip
     ts = TorchServe(work / "ts", store, f"{MODEL}.mar", python=bare, extra_config={"metrics_config": METRICS_YAML})
     ts.start([MODEL])
     port = free_port()
@@ -99,6 +108,22 @@ def alerts(api: str) -> dict:
     }
 
 
+def crops(count: int, seed: int, transform=None) -> list[bytes]:
+    """JPEGs of random crops (30-100% of a photo, mirrored at random) of samples/."""
+    rng = np.random.default_rng(seed)
+    photos = [Image.open(p).convert("RGB") for p in PHOTOS]
+    out = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        cw, ch = int(w * rng.uniform(0.3, 1)), int(h * rng.uniform(0.3, 1))
+        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        img = photo.crop((left, top, left + cw, top + ch))
+        img = img.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
+        out.append(jpeg(transform(img) if transform else img))
+    return out
+
+
 def send(ts, bodies: list[bytes]) -> list[int]:
     with ThreadPoolExecutor(8) as pool:
         return [r.status_code for r in pool.map(lambda b: ts.post(MODEL, data=b), bodies)]
@@ -112,7 +137,7 @@ def jpeg(img: Image.Image) -> bytes:
 
 def test_after_real_traffic_every_documented_series_is_in_prometheus(observed):
     ts, api = observed
-    assert set(send(ts, [p.read_bytes() for p in PHOTOS] * 4)) == {200}
+    assert set(send(ts, crops(160, seed=1))) == {200}  # traffic like the profile
     for name in DOCUMENTED[:3] + DOCUMENTED[6:]:
         wait_for(lambda n=name: query(api, f'{n}{{model_name="{MODEL}"}}'), f"series {name}")
     buckets = f'image_classifier_request_seconds_bucket{{model_name="{MODEL}"}}'
@@ -120,24 +145,50 @@ def test_after_real_traffic_every_documented_series_is_in_prometheus(observed):
     assert set(send(ts, [p.read_bytes() for p in PHOTOS] * 2)) == {200}  # a rate needs counts that grew
     wait_for(lambda: query(api, p99) and query(api, p99)[0]["value"][1] != "NaN", "a p99 from the histogram")
     assert 0 < float(query(api, p99)[0]["value"][1]) < 10  # seconds
-    assert value(api, f'image_classifier_input_drift_psi{{model_name="{MODEL}"}}') < 0.25
+    assert value(api, f'image_classifier_input_drift_psi{{model_name="{MODEL}"}}') < 0.25  # no false alarm
     assert "ImageClassifierInputDrift" not in alerts(api)
+    restarts = f'image_classifier_worker_restarts_total{{model_name="{MODEL}"}}'
+    assert value(api, restarts) == 0  # there from the first worker on, so a first restart is an increase
 
 
 def test_darkened_photos_move_the_input_drift_past_its_alert(observed):
     ts, api = observed
-    dark = [jpeg(Image.open(p).convert("RGB").point(lambda v: int(v * 0.3))) for p in PHOTOS]
-    assert set(send(ts, dark * 6)) == {200}  # still answered 200: the failure drift alerts are made for
+    dark = crops(160, seed=2, transform=lambda img: img.point(lambda v: int(v * 0.3)))
+    assert set(send(ts, dark)) == {200}  # still answered 200: the failure drift alerts are made for
     drift = f'image_classifier_input_drift_psi{{model_name="{MODEL}"}}'
     wait_for(lambda: value(api, drift) > 0.25, "input drift past 0.25")
     wait_for(lambda: alerts(api).get("ImageClassifierInputDrift") in ("pending", "firing"), "input drift alert")
 
 
-def test_a_flood_of_bad_requests_sets_off_the_error_rate_alert(observed):
+def test_a_worker_killed_once_fires_the_restart_alert(observed):
+    ts, api = observed
+    assert "ImageClassifierWorkerRestarts" not in alerts(api)
+    (pid,) = ts.worker_pids(MODEL)
+    os.kill(pid, signal.SIGKILL)
+    ts.client.wait_ready(MODEL, 120)
+    restarts = f'image_classifier_worker_restarts_total{{model_name="{MODEL}"}}'
+    wait_for(lambda: set(send(ts, [PHOTOS[0].read_bytes()] * 2)) == {200} and value(api, restarts) == 1,
+             "the restart counted")  # fmt: skip
+    wait_for(lambda: alerts(api).get("ImageClassifierWorkerRestarts") == "firing", "the worker-restart alert")
+
+
+def test_a_flood_of_bad_uploads_pages_nobody_and_the_frontends_5xx_do(observed):
+    """Last: it leaves the model without a worker for a while."""
     ts, api = observed
     counted = f'image_classifier_input_errors_total{{model_name="{MODEL}",error_type="not_an_image"}}'
     assert set(send(ts, [b"not an image, just text"] * 4)) == {400}
     wait_for(lambda: query(api, counted), "input errors counted")  # then the flood, which the rate sees grow
     assert set(send(ts, [b"not an image, just text"] * 60)) == {400}
-    wait_for(lambda: alerts(api).get("ImageClassifierHighErrorRate") in ("pending", "firing"), "error-rate alert")
-    assert "ImageClassifierServerErrors" not in alerts(api)  # the client's fault, not the server's
+    rate = f'sum(rate(image_classifier_requests_total{{model_name="{MODEL}",outcome="client_error"}}[1m]))'
+    wait_for(lambda: value(api, rate) > 0, "the flood's rate")
+    time.sleep(3)  # a few evaluations of the rules over it
+    assert not {"ImageClassifierHighErrorRate", "ImageClassifierServerErrors"} & set(alerts(api))  # the client's fault
+    # the fault: no worker left, so the frontend itself answers 503, which the handler never sees
+    ts.client.scale(MODEL, None, 0)
+    try:
+        statuses = send(ts, [PHOTOS[0].read_bytes()] * 6)
+        assert set(statuses) <= {503, 507} and statuses, statuses
+        wait_for(lambda: alerts(api).get("TorchServeFrontendErrors") in ("pending", "firing"), "frontend 5xx alert")
+    finally:
+        ts.client.scale(MODEL, None, 1)
+        ts.client.wait_ready(MODEL, 120)

@@ -5,11 +5,15 @@ rollout, its rollback, the same rollout again; a new version of a saved model se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.integration.test_docs import busy_ports, checkout_copy
 
@@ -28,6 +32,28 @@ def sh(work: Path, command: str, ok: bool = True, timeout: int = 600) -> subproc
 
 def default_version(work: Path) -> str:
     return json.loads(sh(work, f"scripts/tsctl describe {MODEL}").stdout)[0]["modelVersion"]
+
+
+@contextlib.contextmanager
+def bad_uploads(work: Path):
+    """Another client posting text as images until the block ends; yields the statuses it got."""
+    key = json.loads((work / "key_file.json").read_text())["inference"]["key"]
+    statuses, done = [], threading.Event()
+
+    def post():
+        while not done.is_set():
+            answer = requests.post(f"http://127.0.0.1:8080/predictions/{MODEL}", data=b"not an image",
+                                   headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+            statuses.append(answer.status_code)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    try:
+        yield statuses
+    finally:
+        done.set()
+        thread.join(60)
 
 
 def test_the_second_day(default_checkpoint, tmp_path):
