@@ -163,6 +163,7 @@ def _build(default_checkpoint, store, name, verify, *settings):
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_int8_is_quantized_measured_and_refused_below_min_agreement(default_checkpoint, verify_folder, tmp_path):
     pytest.importorskip("onnxruntime")
     done = _build(default_checkpoint, tmp_path, "strict", verify_folder, "handler.precision=int8",
