@@ -14,12 +14,9 @@ from handlers.experiment.pairing import Pairing
 from handlers.experiment.shadow import Shadow
 from handlers.image_classifier import ImageClassifier
 from handlers.model.checkpoint import load_classifier, read_info
-from handlers.model.onnx_backends import INT8_FILE
 from handlers.model.reference import FILE as REFERENCE_FILE
 from handlers.model.reference import ReferenceSet
-from handlers.model.selection import choose_engine
-from handlers.model.verification import FILE as VERIFICATION_FILE
-from handlers.model.verification import VerificationRecord
+from handlers.model.selection import archive_evidence, choose_engine
 from handlers.request.batch import Batch
 from handlers.request.errors import RequestError
 
@@ -44,17 +41,13 @@ class ExperimentClassifier(ImageClassifier):
                                     config.candidate_trust_program)[0],
             onnx if onnx.exists() else None, ReferenceSet.load(artifact.parent / REFERENCE_FILE),
             folder / ".engine-candidate", threads=1 if shadow else None,
-            record=VerificationRecord.load(artifact.parent / VERIFICATION_FILE),
-            int8_path=artifact.parent / INT8_FILE if (artifact.parent / INT8_FILE).exists() else None,
-            needs_evidence=self.settings.fast_pixels,
+            needs_evidence=self.settings.fast_pixels, **archive_evidence(artifact.parent),
         )  # fmt: skip
         self.same_recipe = self.candidate_info.recipe == self.info.recipe
         self.pairing = Pairing(self.info.labels, self.candidate_info.labels)
         decode = None if self.same_recipe else self._decode_for_candidate
         self.shadow = Shadow(self.candidate_engine, self.pairing, config.sample, decode) if shadow else None
-        if (
-            getattr(self, "reporter", None) is not None
-        ):  # pairs reach Prometheus within a second, not at the next request
+        if getattr(self, "reporter", None) is not None:  # pairs reach Prometheus within a second
             self.reporter.also.append(lambda metrics: metrics.experiment(self.pairing))
 
     def _decode_for_candidate(self, images: list) -> list:

@@ -29,12 +29,9 @@ from ts.torch_handler.base_handler import BaseHandler
 from handlers.metrics import HandlerMetrics
 from handlers.model.checkpoint import load_classifier, read_info
 from handlers.model.device import select_device, single_threaded_torch
-from handlers.model.onnx_backends import INT8_FILE
 from handlers.model.reference import FILE as REFERENCE_FILE
 from handlers.model.reference import ReferenceSet
-from handlers.model.selection import choose_engine
-from handlers.model.verification import FILE as VERIFICATION_FILE
-from handlers.model.verification import VerificationRecord
+from handlers.model.selection import archive_evidence, choose_engine
 from handlers.model.workers import replaces_a_worker
 from handlers.monitoring import Monitor, Profile, Reporter
 from handlers.request.answers import probabilities, top_k
@@ -93,9 +90,8 @@ class ImageClassifier(BaseHandler):
             onnx if onnx.exists() else None,
             reference,
             model_dir / ".engine",
-            record=VerificationRecord.load(model_dir / VERIFICATION_FILE),
-            int8_path=model_dir / INT8_FILE if (model_dir / INT8_FILE).exists() else None,
             needs_evidence=s.fast_pixels,
+            **archive_evidence(model_dir),
         )
         recipe = self.info.recipe  # what is fed and how sure the answers are, against the archive's profile
         self.monitor = Monitor(Profile.of(reference, recipe.mean, recipe.std), recipe.mean, recipe.std,

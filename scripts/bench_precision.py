@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import random
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from handlers.model.reference import FILE as REFERENCE_FILE  # noqa: E402
 from handlers.model.reference import ReferenceSet  # noqa: E402
 from handlers.model.selection import Candidate, builder  # noqa: E402
 from handlers.settings import Settings  # noqa: E402
+from modeltools.crops import jpeg, open_photos, random_crops  # noqa: E402
 from modeltools.serving_extras import image_files  # noqa: E402
 from modeltools.verify import measure  # noqa: E402
 
@@ -37,28 +37,11 @@ PRECISIONS = ("float32", "bfloat16", "float16", "int8")
 
 
 def crops_of(photos: Path, out: Path, count: int = 256, seed: int = 1) -> Path:
-    """A verification set where the user gives none: `count` JPEG crops of `photos` (aspect
-    1:3 to 3:1, 30-100% of a photo, mirrored at random, scaled 0.5x-2x) in `out`."""
-    from PIL import Image
-
-    rng = random.Random(seed)
-    sources = [Image.open(p).convert("RGB") for p in image_files(photos)]
+    """A verification set where the user gives none: `count` JPEG crops of `photos` in `out`
+    (modeltools/crops.py)."""
     out.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        photo = sources[i % len(sources)]
-        w, h = photo.size
-        aspect, share = rng.choice([1 / 3, 0.5, 0.75, 1, 4 / 3, 2, 3]), rng.uniform(0.3, 1.0)
-        cw = min(w, int((w * h * share * aspect) ** 0.5))
-        ch = min(h, int(cw / aspect))
-        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        crop = photo.crop((left, top, left + cw, top + ch))
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-        scale = rng.choice([0.5, 1.0, 2.0])
-        crop = crop.resize((max(16, int(cw * scale)), max(16, int(ch * scale))), Image.BICUBIC)
-        buf = io.BytesIO()
-        crop.save(buf, "JPEG", quality=90)
-        (out / f"crop{i:03d}.jpg").write_bytes(buf.getvalue())
+    for i, crop in enumerate(random_crops(open_photos(image_files(photos)), count, seed, rescale=True)):
+        (out / f"crop{i:03d}.jpg").write_bytes(jpeg(crop))
     return out
 
 

@@ -7,7 +7,6 @@ within 0.005. Reduced precision serves only as the archive's verification record
 from __future__ import annotations
 
 import io
-import random
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from handlers.model.selection import choose_engine
 from handlers.model.verification import VerificationRecord
 from handlers.request.pixels import image_pixels
 from handlers.settings import Settings
+from modeltools.crops import jpeg, open_photos, random_crops
 from tests.conftest import IMAGES, ROOT
 from tests.handler_harness import make_context, run_batch
 
@@ -34,27 +34,9 @@ UNSEEN = 96
 
 
 def unseen_crops(count: int = UNSEEN, seed: int = 0) -> list[bytes]:
-    """JPEGs cut from the test photos: aspect ratios 1:3 to 3:1, 30-100% of the photo, mirrored
-    at random, scaled 0.5x to 2x (so some are far larger than the model's input)."""
-    rng = random.Random(seed)
-    photos = [Image.open(p).convert("RGB") for p in sorted(IMAGES.glob("*.jpg"))]
-    out = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        w, h = photo.size
-        aspect, share = rng.choice([1 / 3, 0.5, 0.75, 1, 4 / 3, 2, 3]), rng.uniform(0.3, 1.0)
-        cw = min(w, int((w * h * share * aspect) ** 0.5))
-        ch = min(h, int(cw / aspect))
-        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        crop = photo.crop((left, top, left + cw, top + ch))
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-        scale = rng.choice([0.5, 1.0, 2.0])
-        crop = crop.resize((max(16, int(cw * scale)), max(16, int(ch * scale))), Image.BICUBIC)
-        buf = io.BytesIO()
-        crop.save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
+    """JPEGs cut from the test photos (modeltools/crops.py): aspect ratios 1:3 to 3:1, 30-100% of
+    the photo, mirrored at random, scaled 0.5x to 2x (so some are far larger than the model's input)."""
+    return [jpeg(c) for c in random_crops(open_photos(sorted(IMAGES.glob("*.jpg"))), count, seed, rescale=True)]
 
 
 @pytest.fixture(scope="module")

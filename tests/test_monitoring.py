@@ -31,6 +31,7 @@ from handlers.monitoring import (
     psi,
 )
 from handlers.request.pixels import image_pixels, recipe_pixels
+from modeltools.crops import open_photos, random_crops
 from tests.conftest import ROOT
 
 PHOTOS = sorted((ROOT / "samples").glob("*.jpg"))
@@ -78,27 +79,10 @@ def test_answer_stats_are_top1_margin_and_entropy():
 
 
 def crops(recipe, count: int, seed: int, transform=None) -> torch.Tensor:
-    """uint8 [count, 3, H, W]: random crops (30-100% of a photo, any aspect, mirrored at random) of
-    samples/, as served: one distribution, drawn afresh for each seed."""
-    rng = np.random.default_rng(seed)
-    photos = [_small(p) for p in PHOTOS]
-    out = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        w, h = photo.size
-        cw, ch = int(w * rng.uniform(0.3, 1)), int(h * rng.uniform(0.3, 1))
-        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        img = photo.crop((left, top, left + cw, top + ch))
-        img = img.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
-        out.append(recipe_pixels(transform(img) if transform else img, recipe))
-    return torch.stack(out)
-
-
-def _small(path) -> Image.Image:
-    """A photo at most 640 pixels on a side: its crops are cut and resized in a millisecond."""
-    img = Image.open(path).convert("RGB")
-    img.thumbnail((640, 640))
-    return img
+    """uint8 [count, 3, H, W]: random crops of samples/ (modeltools/crops.py), shrunk first so
+    they cut and resize in a millisecond, as served: one distribution, drawn afresh for each seed."""
+    photos = open_photos(PHOTOS, longest=640)
+    return torch.stack([recipe_pixels(c, recipe) for c in random_crops(photos, count, seed, transform=transform)])
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,10 @@ from pathlib import Path
 import torch
 
 from .engine import REDUCED, Engine, EngineOptions
-from .onnx_backends import OnnxRuntimeBackend, OpenVinoBackend, onnxruntime_providers, openvino_precisions
+from .onnx_backends import INT8_FILE, OnnxRuntimeBackend, OpenVinoBackend, onnxruntime_providers, openvino_precisions
 from .recipe import Recipe
 from .reference import ReferenceSet
+from .verification import FILE as VERIFICATION_FILE
 from .verification import VerificationRecord
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,14 @@ def choose_engine(
     for label, result in selection.measured.items():
         logger.info("  %s: %s", label, result)
     return engine, selection
+
+
+def archive_evidence(folder: Path) -> dict:
+    """What an unpacked archive's `folder` gives choose_engine beside its model: the verification
+    record and the int8 file, where it carries them."""
+    int8 = Path(folder) / INT8_FILE
+    return {"record": VerificationRecord.load(Path(folder) / VERIFICATION_FILE),
+            "int8_path": int8 if int8.exists() else None}  # fmt: skip
 
 
 def builder(recipe, device, batch_size, options, build_torch, onnx_path, cache_dir, threads=None, int8_path=None):

@@ -15,12 +15,12 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 import requests
 import yaml
 from PIL import Image
 
+from modeltools.crops import open_photos, random_crops
 from tests.conftest import ROOT
 from tests.integration.conftest import METRICS_YAML, build_mar
 from tsctl.local_server import TorchServe, free_port
@@ -109,19 +109,8 @@ def alerts(api: str) -> dict:
 
 
 def crops(count: int, seed: int, transform=None) -> list[bytes]:
-    """JPEGs of random crops (30-100% of a photo, mirrored at random) of samples/."""
-    rng = np.random.default_rng(seed)
-    photos = [Image.open(p).convert("RGB") for p in PHOTOS]
-    out = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        w, h = photo.size
-        cw, ch = int(w * rng.uniform(0.3, 1)), int(h * rng.uniform(0.3, 1))
-        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        img = photo.crop((left, top, left + cw, top + ch))
-        img = img.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
-        out.append(jpeg(transform(img) if transform else img))
-    return out
+    """JPEGs of random crops of samples/ (modeltools/crops.py)."""
+    return [jpeg(c) for c in random_crops(open_photos(PHOTOS, longest=1024), count, seed, transform=transform)]
 
 
 def send(ts, bodies: list[bytes]) -> list[int]:
@@ -163,14 +152,19 @@ def test_darkened_photos_move_the_input_drift_past_its_alert(observed):
 @pytest.mark.slow
 def test_a_worker_killed_once_fires_the_restart_alert(observed):
     ts, api = observed
-    assert "ImageClassifierWorkerRestarts" not in alerts(api)
+    restarts = f'image_classifier_worker_restarts_total{{model_name="{MODEL}"}}'
+    assert set(send(ts, [PHOTOS[0].read_bytes()] * 2)) == {200}  # the worker's first request writes the series
+    wait_for(lambda: query(api, restarts), "the restart series, at 0 before any restart")
+    assert value(api, restarts) == 0 and "ImageClassifierWorkerRestarts" not in alerts(api)
     (pid,) = ts.worker_pids(MODEL)
     os.kill(pid, signal.SIGKILL)
     ts.client.wait_ready(MODEL, 120)
-    restarts = f'image_classifier_worker_restarts_total{{model_name="{MODEL}"}}'
     wait_for(lambda: set(send(ts, [PHOTOS[0].read_bytes()] * 2)) == {200} and value(api, restarts) == 1,
              "the restart counted")  # fmt: skip
-    wait_for(lambda: alerts(api).get("ImageClassifierWorkerRestarts") == "firing", "the worker-restart alert")
+    wait_for(
+        lambda: alerts(api).get("ImageClassifierWorkerRestarts") == "firing",
+        f"the worker-restart alert ({query(api, restarts)}; {query(api, f'increase({restarts}[15m])')})",
+    )
 
 
 @pytest.mark.slow
