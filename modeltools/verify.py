@@ -22,7 +22,7 @@ import torch
 from handlers.model.engine import REDUCED
 from handlers.model.recipe import Recipe, normalize
 from handlers.model.reference import ReferenceSet
-from handlers.model.selection import Candidate, builder, hardware_candidates
+from handlers.model.selection import Candidate, builder, hardware_candidates, wanted
 from handlers.model.verification import Agreement, VerificationRecord
 from handlers.request.pixels import image_pixels
 from handlers.settings import Settings
@@ -50,10 +50,7 @@ def float32_logits(model: torch.nn.Module, pixels: torch.Tensor, recipe: Recipe)
 
 def candidates_for(settings: Settings, device: torch.device, has_onnx: bool, has_int8: bool) -> list[Candidate]:
     """What the archive may serve with on this host, as its settings allow (auto: float32)."""
-    options = settings.engine_options()
-    precision = "float32" if options.precision == "auto" else options.precision
-    found, _ = hardware_candidates(device, has_onnx, has_int8)
-    return [c for c in found if options.backend in ("auto", c.backend) and c.precision == precision]
+    return wanted(hardware_candidates(device, has_onnx, has_int8)[0], settings.engine_options())
 
 
 def measure(

@@ -65,9 +65,8 @@ def available(
     (candidates, {what is not a candidate: why}). `auto` is float32; a reduced precision, and
     every candidate when `needs_evidence` (fast pixels), only with the record's passing measure."""
     found, missing = hardware_candidates(device, has_onnx, has_int8)
-    precision = "float32" if options.precision == "auto" else options.precision
-    allowed = [c for c in found if options.backend in ("auto", c.backend) and c.precision == precision]
-    if needs_evidence or precision in REDUCED:
+    allowed = wanted(found, options)
+    if needs_evidence or options.precision in REDUCED:
         for c in list(allowed):
             if record is None:
                 missing[c.label] = "the archive carries no verification record (build_mar.py --verify-images DIR)"
@@ -77,6 +76,12 @@ def available(
                 continue
             allowed.remove(c)
     return allowed, missing
+
+
+def wanted(found: list[Candidate], options: EngineOptions) -> list[Candidate]:
+    """The candidates the settings name: their backend (or any), at their precision (`auto`: float32)."""
+    precision = "float32" if options.precision == "auto" else options.precision
+    return [c for c in found if options.backend in ("auto", c.backend) and c.precision == precision]
 
 
 def hardware_candidates(device: torch.device, has_onnx: bool, has_int8: bool) -> tuple[list[Candidate], dict]:
