@@ -8,6 +8,7 @@ import yaml
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
+from handlers.core.metrics import Metrics
 from handlers.image_classifier import ImageClassifier
 
 METRICS_YAML = Path(__file__).resolve().parents[1] / "metrics.yaml"  # the one config.properties names
@@ -69,3 +70,20 @@ def _metrics():
     metrics.initialize_cache()
     metrics.model_name = "test"  # as the worker sets it after loading a model
     return metrics
+
+
+class RecordedMetrics(Metrics):
+    """The request core's metrics, kept as (name, value, labels) for a test to read."""
+
+    def __init__(self, model_name: str = "test"):
+        super().__init__(model_name)
+        self.events = []
+
+    def emit(self, name: str, value: float, *labels: str) -> None:
+        self.events.append((name, value, labels))
+
+    def total(self, name: str, *labels: str) -> float:
+        return sum(v for n, v, ls in self.events if n == name and ls[: len(labels)] == labels)
+
+    def last(self, name: str):
+        return next((v for n, v, _ in reversed(self.events) if n == name), None)

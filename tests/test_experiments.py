@@ -19,14 +19,16 @@ import torch
 import yaml
 from ts.context import Context
 
+from handlers.core.exchange import Item
 from handlers.experiment.config import ExperimentConfig, takes_candidate
 from handlers.experiment.pairing import Pairing, wilson_lower
 from handlers.model.checkpoint import load_classifier, read_checkpoint
 from handlers.model.recipe import normalize
+from handlers.monitoring import Profile, channel_means
 from handlers.request.pixels import image_pixels
 from modeltools.save import save_checkpoint
 from tests.conftest import ROOT
-from tests.handler_harness import run_batch
+from tests.handler_harness import RecordedMetrics, run_batch
 
 PHOTOS = sorted((ROOT / "samples").glob("*.jpg"))
 
@@ -169,7 +171,7 @@ def test_shadow_answers_are_the_primarys_and_agreement_is_what_the_models_give_o
 ):
     items = [{"body": p.read_bytes()} for p in PHOTOS]
     answers = run_batch(shadow, items)
-    shadow.shadow.pending.result()  # the candidate's pass, done in its own thread
+    shadow.core.experiment.shadow.pending.result()  # the candidate's pass, done in its own thread
     primary_only = run_batch(handler, items)
     assert [json.dumps(a.body) for a in answers] == [json.dumps(a.body) for a in primary_only]
     assert {a.headers["x-model-version"] for a in answers} == {"1.0"}
@@ -187,25 +189,25 @@ def test_shadow_answers_are_the_primarys_and_agreement_is_what_the_models_give_o
 def test_a_candidate_that_raises_or_lags_never_changes_an_answer(shadow, monkeypatch):
     items = [{"body": p.read_bytes()} for p in PHOTOS[:4]] + [{"body": b"not an image"}]
     before = run_batch(shadow, items)
-    shadow.shadow.pending.result()
-    dropped = dict(shadow.pairing.drops)
-    monkeypatch.setattr(shadow.candidate_engine, "run", lambda pixels: 1 / 0)
+    shadow.core.experiment.shadow.pending.result()
+    dropped = dict(shadow.core.experiment.pairing.drops)
+    monkeypatch.setattr(shadow.core.experiment.engine, "run", lambda pixels: 1 / 0)
     raised = run_batch(shadow, items)
-    shadow.shadow.pending.result()
-    assert shadow.pairing.drops["error"] == dropped.get("error", 0) + 1
+    shadow.core.experiment.shadow.pending.result()
+    assert shadow.core.experiment.pairing.drops["error"] == dropped.get("error", 0) + 1
     release = threading.Event()
-    real = shadow.candidate_engine.__class__.run
+    real = shadow.core.experiment.engine.__class__.run
 
     def lagging(pixels):
         release.wait(30)
-        return real(shadow.candidate_engine, pixels)
+        return real(shadow.core.experiment.engine, pixels)
 
-    monkeypatch.setattr(shadow.candidate_engine, "run", lagging)
+    monkeypatch.setattr(shadow.core.experiment.engine, "run", lagging)
     first = run_batch(shadow, items)  # the candidate takes it and waits
     second = run_batch(shadow, items)  # answered while the candidate still works: its batch is dropped
     release.set()
-    shadow.shadow.pending.result()
-    assert shadow.pairing.drops["busy"] >= dropped.get("busy", 0) + 1
+    shadow.core.experiment.shadow.pending.result()
+    assert shadow.core.experiment.pairing.drops["busy"] >= dropped.get("busy", 0) + 1
     for answers in (raised, first, second):
         assert [(a.status, json.dumps(a.body)) for a in answers] == [(a.status, json.dumps(b.body))
                                                                      for a, b in zip(before, before)]  # fmt: skip
@@ -218,7 +220,7 @@ def test_a_split_answers_each_key_from_one_arm_with_its_version(split):
     again = run_batch(split, [{"body": photo}] * 16, headers=[{"X-User-Id": k} for k in keys])
     versions = [a.headers["x-model-version"] for a in answers]
     assert versions == [a.headers["x-model-version"] for a in again]  # the same arm, every time
-    assert versions == ["3.0" if takes_candidate(k, 0.5, split.experiment.salt) else "1.0" for k in keys]
+    assert versions == ["3.0" if takes_candidate(k, 0.5, split.core.experiment.config.salt) else "1.0" for k in keys]
     assert {"1.0", "3.0"} <= set(versions) and all(a.status == 200 for a in answers)
     labels = {v: {a.body[0]["label"] for a, ver in zip(answers, versions) if ver == v} for v in ("1.0", "3.0")}
     assert len(labels["1.0"]) == 1 and labels["1.0"] != labels["3.0"]  # the permuted candidate answers otherwise
@@ -239,3 +241,66 @@ def test_a_split_answers_each_key_from_one_arm_with_its_version(split):
     assert status["requests"]["candidate"]["ok"] >= versions.count("3.0") * 2 + 1
     assert status["requests"]["primary"]["ok"] >= versions.count("1.0") * 2
     assert 0 < status["confidence"]["primary"] <= 1 and 0 < status["confidence"]["candidate"] <= 1
+
+
+def test_a_failing_shadow_leaves_the_primarys_error_counters_unchanged(shadow, monkeypatch):
+    """The shadow's faults are drops of its own: neither its pass nor its own decoding is counted
+    as the primary's internal error or a server_error answer."""
+    core, metrics = shadow.core, RecordedMetrics()
+    monkeypatch.setattr(core, "metrics", metrics)
+    items = [Item(p.read_bytes()) for p in PHOTOS[:4]]
+    dropped = core.experiment.pairing.drops["error"]
+    monkeypatch.setattr(core.experiment.engine, "run", lambda pixels: 1 / 0)
+    assert [a.status for a in core.handle(items)] == [200] * 4
+    core.experiment.shadow.pending.result()
+    monkeypatch.setattr(core.experiment.shadow, "decode", lambda images: [core.decode(i, quiet=True) for i in images])
+    monkeypatch.setattr("handlers.core.classifier.image_pixels", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # the shadow's own decoding raises, to be counted as its drop
+        core.decode(PHOTOS[0].read_bytes(), quiet=True)
+    monkeypatch.undo()
+    monkeypatch.setattr(core, "metrics", metrics)
+    failing = lambda images: [core.decode(i, quiet=True) for i in images] and 1 / 0  # noqa: E731
+    monkeypatch.setattr(core.experiment.shadow, "decode", failing)
+    assert [a.status for a in core.handle(items)] == [200] * 4
+    core.experiment.shadow.pending.result()
+    assert core.experiment.pairing.drops["error"] == dropped + 2
+    assert metrics.total("image_classifier_internal_errors_total") == 0
+    assert metrics.total("image_classifier_requests_total", "plain", "server_error") == 0
+    assert metrics.total("image_classifier_requests_total", "plain", "ok") == 8
+
+
+def test_drift_gauges_move_with_traffic_in_a_split(split, monkeypatch):
+    """A split takes the core's one path: its inputs and answers reach the monitor and the drift
+    gauges, the stage metrics are written, each arm's requests and time are counted."""
+    core, metrics = split.core, RecordedMetrics()
+    monkeypatch.setattr(core, "metrics", metrics)
+    photos = [p.read_bytes() for p in PHOTOS]
+    pixels = torch.stack([core.decode(p) for p in photos])
+    ref = core.monitor.profile
+    monkeypatch.setattr(core.monitor, "profile", Profile(np.repeat(channel_means(pixels, core.info.recipe.mean,
+                        core.info.recipe.std), 20, 0), np.full(20 * len(photos), 0.6)))  # fmt: skip
+    assert ref is None or not ref.usable  # the test archive's own profile is too small to carry a signal
+    keys = [f"user-{i}" for i in range(24)]
+    answers = core.handle([Item(photos[i % len(photos)], {"x-user-id": k}) for i, k in enumerate(keys)])
+    assert all(a.status == 200 for a in answers) and {a.version for a in answers} == {"1.0", "3.0"}
+    core.reporter.report()
+    psi_same = metrics.last("image_classifier_input_drift_psi")
+    assert psi_same is not None and metrics.last("image_classifier_confidence_drift_ks") is not None
+    dark = [_darkened(p) for p in photos]
+    core.handle([Item(dark[i % len(dark)], {"x-user-id": k}) for i, k in enumerate(keys * 20)])
+    core.reporter.report()
+    assert metrics.last("image_classifier_input_drift_psi") > max(0.25, psi_same)
+    stages = {labels[0] for n, _, labels in metrics.events if n == "image_classifier_stage_seconds"}
+    assert stages == {"decode", "inference", "answer"}
+    arms = {labels[0] for n, _, labels in metrics.events if n == "image_classifier_arm_requests_total"}
+    assert arms == {"primary", "candidate"}
+
+
+def _darkened(photo: bytes) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.open(BytesIO(photo)).convert("RGB").point(lambda v: v // 4).save(out, "JPEG")
+    return out.getvalue()

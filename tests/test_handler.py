@@ -246,7 +246,7 @@ def test_decoding_threads_run_torch_single_threaded_and_the_forward_keeps_its_th
 
 
 def test_a_fault_of_ours_while_decoding_is_that_requests_logged_500(handler, photos, monkeypatch, caplog):
-    import handlers.image_classifier as module
+    import handlers.core.classifier as module
 
     real = module.image_pixels
 
@@ -280,7 +280,7 @@ def test_a_fault_of_ours_while_decoding_is_that_requests_logged_500(handler, pho
 
 
 def test_faults_of_ours_while_reading_answering_or_running_stay_per_request(handler, photos, monkeypatch):
-    import handlers.image_classifier as module
+    import handlers.core.classifier as module
 
     real_read, real_response = module.read_request, module.response
 
@@ -311,15 +311,16 @@ def test_faults_of_ours_while_reading_answering_or_running_stay_per_request(hand
 def test_a_load_that_hangs_writes_its_threads_stacks_to_the_log(default_checkpoint, tmp_path, monkeypatch, capfd):
     # TorchServe kills a worker that does not load within 120 s and logs only that it timed out
     from handlers import image_classifier
+    from handlers.core import classifier
 
-    real = image_classifier.choose_engine
+    real = classifier.choose_engine
 
     def stalled(*args, **kwargs):
         time.sleep(1.5)  # past the watchdog below
         return real(*args, **kwargs)
 
     monkeypatch.setattr(image_classifier, "LOAD_WATCHDOG_S", 0.5)
-    monkeypatch.setattr(image_classifier, "choose_engine", stalled)
+    monkeypatch.setattr(classifier, "choose_engine", stalled)
     handler = load_handler(default_checkpoint, tmp_path, batch_size=2)
     time.sleep(1)  # the watchdog was cancelled when the load finished: nothing more is written
     err = capfd.readouterr().err
