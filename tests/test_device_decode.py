@@ -82,7 +82,7 @@ def test_pillow_only_interpolation_leaves_everything_to_the_cpu_path(photos):
 def test_handler_with_device_decoding_answers_like_without(handler, photos, monkeypatch):
     names = ["dog1.jpg", "croco.jpg", "kitten.jpg"]
     items = [{"body": photos[n]} for n in names] + [{"body": b"not an image"}, {"body": photos["bus.jpg"][:2000]}]
-    monkeypatch.setattr(handler, "device_decode", True)
+    monkeypatch.setattr(handler.core, "device_decode", True)
     answers = run_batch(handler, items)
     assert [a.status for a in answers] == [200, 200, 200, 400, 400]
     for name, answer in zip(names, answers):
