@@ -39,7 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--work_dir", default=os.environ.get("WORK_DIR") or tempfile.gettempdir(),
                         help="where a .mar is unpacked (writable; the storage mount is read-only)")  # fmt: skip
     parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"),
-                        help="the address REST and gRPC listen on (127.0.0.1: this host only; default: all)")  # fmt: skip
+                        help="address REST and gRPC listen on (127.0.0.1: this host only; default: all)")  # fmt: skip
     parser.add_argument("--batch_size", type=int, default=None, help="default: the archive's batchSize")
     parser.add_argument("--max_batch_delay_ms", type=float, default=None, help="default: the archive's maxBatchDelay")
     return parser.parse_args(argv)
