@@ -92,7 +92,10 @@ image:
 # What `make serve` serves: the default model; MAR=model_store/NAME.mar (any archive in the model
 # store); or CHECKPOINT=x.pt MODEL_NAME=y [VERSION=z], archived first (make mar). TorchServe also
 # serves again what it served when `make stop` last stopped it (tsctl serve; FRESH=1 forgets it).
-SERVE_USES := CHECKPOINT MODEL_NAME VERSION MAR FRESH CPU_WORKERS CPU_THREADS SERVE_OMP_ENV SAMPLE
+# SERVER=kserve serves it with KServe's own model server instead (docs/KUBERNETES.md): REST on
+# 127.0.0.1:8080 (KServe v1, Open Inference Protocol), gRPC on 8081, no token (loopback only).
+SERVER ?= torchserve
+SERVE_USES := CHECKPOINT MODEL_NAME VERSION MAR FRESH CPU_WORKERS CPU_THREADS SERVE_OMP_ENV SAMPLE SERVER
 SERVE_REFUSES := MAR_DIR CANDIDATE CANDIDATE_VERSION EXPERIMENT EXPERIMENT_ARGS IMAGE IMAGE_TAG GPU BENCH_ARGS SOAK_ARGS PYTEST_ARGS WRAPPER_SRC
 MAR ?=
 FRESH ?=
@@ -101,7 +104,8 @@ SERVE_MAR = $(if $(MAR),$(MAR),$(if $(filter command line,$(origin CHECKPOINT)),
 # MAR or CHECKPOINT named: that archive's version is its model's default, beside any saved versions
 SERVE_GIVEN = $(if $(or $(MAR),$(filter command line,$(origin CHECKPOINT))),--prefer-given)
 
-serve: install java
+serve: install $(if $(filter kserve,$(SERVER)),,java)
+	@case "$(SERVER)" in torchserve|kserve) ;; *) echo "SERVER must be torchserve or kserve (got '$(SERVER)')."; exit 2;; esac
 	@$(foreach v,$(SERVE_REFUSES),$(if $(filter command line,$(origin $(v))),echo "make serve does not use $(v) (it uses: $(SERVE_USES))."; exit 2;))
 	@if [ -n "$(MAR)" ] && [ "$(origin CHECKPOINT)" = "command line" ]; then echo "make serve takes MAR or CHECKPOINT, not both."; exit 2; fi
 	@if [ "$(origin CHECKPOINT)" = "command line" ]; then \
@@ -109,7 +113,15 @@ serve: install java
 	  $(PY) scripts/build_mar.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION) \
 	    --file-name $(MODEL_NAME)-v$(VERSION).mar || exit 2; \
 	elif [ -z "$(MAR)" ]; then $(MAKE) --no-print-directory $(DEFAULT_MAR) || exit 2; fi
-	@workers=1; threads=; \
+	@if [ "$(SERVER)" = kserve ]; then \
+	  $(PY) -m tsctl.kserve_local start --model_dir $(SERVE_MAR) || exit 1; \
+	  echo "Prediction for $(SAMPLE) (KServe v1 :predict):"; \
+	  curl -sS -X POST --data-binary @$(SAMPLE) -H "Content-Type: application/octet-stream" \
+	    http://127.0.0.1:8080/v1/models/$(SERVE_MODEL):predict; echo; echo; \
+	  echo "KServe's model server is running on 127.0.0.1 (REST 8080: /v1/models/$(SERVE_MODEL):predict,"; \
+	  echo "/v2/models/$(SERVE_MODEL)/infer, /v2/models/$(SERVE_MODEL)/health, /metrics; gRPC 8081). Log: .tsctl/kserve/kserve.log"; \
+	  echo "Stop it with: make stop"; exit 0; fi; \
+	workers=1; threads=; \
 	if ! nvidia-smi -L >/dev/null 2>&1; then \
 	  case "$(CPU_WORKERS)" in ''|*[!0-9]*|0) echo "CPU_WORKERS must be a positive integer (got '$(CPU_WORKERS)')."; exit 2;; esac; \
 	  case "$(CPU_THREADS)" in ''|[1-9]|[1-9][0-9]|[1-9][0-9][0-9]) ;; *) echo "CPU_THREADS must be a positive integer (got '$(CPU_THREADS)')."; exit 2;; esac; \
@@ -120,14 +132,13 @@ serve: install java
 	echo "Starting TorchServe with $(SERVE_MAR) ..."; \
 	env $(SERVE_OMP_ENV) $${threads:+OMP_NUM_THREADS=$$threads} $(TSCTL) serve $(SERVE_MAR) --workers $$workers \
 	  $(if $(FRESH),--fresh) $(SERVE_GIVEN)
-	@model=$(SERVE_MODEL); echo "Prediction for $(SAMPLE) (tsctl predict $$model $(SAMPLE)):"; \
-	$(TSCTL) predict $$model $(SAMPLE)
-	@echo
-	@echo "TorchServe is running on 127.0.0.1 (inference 8080, management 8081, metrics 8082, gRPC 7070/7071)."
-	@echo "Keys are in key_file.json, logs in logs/. Try:"
-	@echo "  KEY=\$$(python3 -c \"import json; print(json.load(open('key_file.json'))['inference']['key'])\")"
-	@echo "  curl -H \"Authorization: Bearer \$$KEY\" http://127.0.0.1:8080/predictions/$(SERVE_MODEL) -T $(SAMPLE)"
-	@echo "Stop it with: make stop"
+	@if [ "$(SERVER)" = kserve ]; then exit 0; fi; model=$(SERVE_MODEL); echo "Prediction for $(SAMPLE) (tsctl predict $$model $(SAMPLE)):"; \
+	$(TSCTL) predict $$model $(SAMPLE) || exit 1; echo; \
+	echo "TorchServe is running on 127.0.0.1 (inference 8080, management 8081, metrics 8082, gRPC 7070/7071)."; \
+	echo "Keys are in key_file.json, logs in logs/. Try:"; \
+	echo "  KEY=\$$(python3 -c \"import json; print(json.load(open('key_file.json'))['inference']['key'])\")"; \
+	echo "  curl -H \"Authorization: Bearer \$$KEY\" http://127.0.0.1:8080/predictions/$(SERVE_MODEL) -T $(SAMPLE)"; \
+	echo "Stop it with: make stop"
 
 # Side-by-side load test: this handler vs TorchServe's stock image_classifier vs the model alone.
 # Writes bench_results/results.md, results.json and latency_throughput.png. BENCH_ARGS=--help lists options.
@@ -142,6 +153,7 @@ soak: install java $(DEFAULT_MAR)
 	$(PY) -m tests.soak $(SOAK_ARGS)
 
 stop:
+	-@$(PY) -m tsctl.kserve_local stop
 	-$(TSCTL) stop
 
 # KServe's TorchServe wrapper in its own environment, built as the serving image builds it
