@@ -1,14 +1,20 @@
-"""A real TorchServe, started once per session from a .mar built from the default checkpoint."""
+"""A real TorchServe, started once per session from a .mar built from the default checkpoint, and
+KServe's model server on the same archive; `endpoint` runs a test against each."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import ROOT
+from tsctl.kserve_local import KServeServer
 from tsctl.local_server import TorchServe, bare_python
 
 MODEL = "efficientnet_lite0"
@@ -66,3 +72,58 @@ def server(default_checkpoint, bare, tmp_path_factory):
     ts.start([MODEL])
     yield ts
     ts.stop()
+
+
+def read_only_mount(mar: Path, mount: Path) -> Path:
+    """A KServe storage mount as the storage initializer leaves it (the bundle's model-store/),
+    read-only as the predictor container mounts it."""
+    (mount / "model-store").mkdir(parents=True)
+    shutil.copy(mar, mount / "model-store" / mar.name)
+    for path in (mount / "model-store" / mar.name, mount / "model-store", mount):
+        path.chmod(0o444 if path.is_file() else 0o555)
+    return mount
+
+
+def files_under(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="session")
+def kserve_server(server, tmp_path_factory):
+    """KServe's model server on the archive `server` serves, from a storage mount as a pod has it."""
+    mount = read_only_mount(server.model_store / f"{MODEL}.mar", tmp_path_factory.mktemp("mnt") / "models")
+    before = files_under(mount)
+    ks = KServeServer(tmp_path_factory.mktemp("kserve"), mount).start()
+    yield ks
+    ks.stop()
+    assert files_under(mount) == before  # nothing written to the storage mount
+
+
+@dataclass
+class Endpoint:
+    """A server's inference API as a client sees it."""
+
+    kind: str
+    url: str
+    auth: dict
+    pids: Callable[[], list]
+
+    @property
+    def headers(self) -> dict:
+        """A fresh dict each time: tritonclient writes its binary header into the one it is given."""
+        return dict(self.auth)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return requests.post(f"{self.url}{path}", headers=headers, timeout=kwargs.pop("timeout", 60), **kwargs)
+
+
+@pytest.fixture(scope="session", params=["torchserve", "kserve"])
+def endpoint(request) -> Endpoint:
+    """Each test taking it runs against TorchServe and against KServe's model server, one archive."""
+    if request.param == "torchserve":
+        ts = request.getfixturevalue("server")
+        auth = {"Authorization": f"Bearer {ts.keys.inference}"}
+        return Endpoint("torchserve", ts.inference_url, auth, lambda: ts.worker_pids(MODEL))
+    ks = request.getfixturevalue("kserve_server")
+    return Endpoint("kserve", ks.url, {}, lambda: [ks.pid()])

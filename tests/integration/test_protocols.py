@@ -1,6 +1,7 @@
-"""Standard clients against a real TorchServe: tritonclient (binary and JSON) and kserve's REST
-client (v2 and v1) on TorchServe's own KServe routes, the v2 JSON body that KServe's wrapper
-posts to /predictions/{m}, and the bad-input corpus isolated per request in each protocol."""
+"""Standard clients against both servers of one archive (the `endpoint` fixture: TorchServe, and
+KServe's model server on the request core): tritonclient (binary and JSON) and kserve's REST
+client (v2 and v1), the bad-input corpus isolated per request in each protocol; and on TorchServe
+the v2 JSON body that KServe's wrapper posts to /predictions/{m}."""
 
 from __future__ import annotations
 
@@ -18,62 +19,63 @@ from tritonclient.utils import InferenceServerException
 from tests.clients import assert_acceptable, b64, first_labels, triton_input
 from tests.conftest import labelled_photos
 from tests.corpus import bad_cases
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import MODEL, Endpoint
 
 pytestmark = pytest.mark.integration
 NAMES = ["kitten.jpg", "dog1.jpg", "croco.jpg", "bus.jpg"]
 
 
-def auth(server) -> dict:
-    return {"Authorization": f"Bearer {server.keys.inference}"}
-
-
-@pytest.fixture(scope="module")
-def triton_client(server):
-    client = triton.InferenceServerClient(urlsplit(server.inference_url).netloc, concurrency=4, network_timeout=120)
+@pytest.fixture
+def triton_client(endpoint):
+    client = triton.InferenceServerClient(urlsplit(endpoint.url).netloc, concurrency=4, network_timeout=120)
     yield client
     client.close()
 
 
+def plain_path(endpoint: Endpoint) -> str:
+    """Where a raw image body is posted: TorchServe's /predictions, KServe v1's :predict."""
+    return f"/predictions/{MODEL}" if endpoint.kind == "torchserve" else f"/v1/models/{MODEL}:predict"
+
+
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_tritonclient_gets_the_labels(server, triton_client, photos, binary):
+def test_tritonclient_gets_the_labels(endpoint, triton_client, photos, binary):
     result = triton_client.infer(
-        MODEL, [triton_input([photos[n] for n in NAMES], binary)], request_id="t-1", headers=auth(server)
+        MODEL, [triton_input([photos[n] for n in NAMES], binary)], request_id="t-1", headers=endpoint.headers
     )
     assert_acceptable(first_labels(result), NAMES)
     assert result.as_numpy("probability").shape == (4, 5) and result.get_response()["id"] == "t-1"
 
 
-def test_tritonclient_json_outputs_and_topk(server, triton_client, photos):
+def test_tritonclient_json_outputs_and_topk(endpoint, triton_client, photos):
     outputs = [triton.InferRequestedOutput(n, binary_data=False) for n in ("label", "probability")]
     result = triton_client.infer(
         MODEL,
         [triton_input([photos["dog2.jpg"]], False)],
         outputs=outputs,
         parameters={"topk": 3},
-        headers=auth(server),
+        headers=endpoint.headers,
     )
     assert result.as_numpy("label").shape == (1, 3) and result.as_numpy("index") is None
     assert first_labels(result) == ["Brittany spaniel"]
 
 
-def test_tritonclient_bad_image_is_4xx_while_batched_neighbours_succeed(server, triton_client, photos):
-    pids = server.worker_pids(MODEL)
+def test_tritonclient_bad_image_is_4xx_while_batched_neighbours_succeed(endpoint, triton_client, photos):
+    pids = endpoint.pids()
     bad = triton_client.async_infer(
-        MODEL, [triton_input([photos["cat.jpg"], b"no image here"], True)], headers=auth(server)
+        MODEL, [triton_input([photos["cat.jpg"], b"no image here"], True)], headers=endpoint.headers
     )
     goods = [
-        triton_client.async_infer(MODEL, [triton_input([photos[n]], True)], headers=auth(server)) for n in NAMES[:3]
+        triton_client.async_infer(MODEL, [triton_input([photos[n]], True)], headers=endpoint.headers) for n in NAMES[:3]
     ]
     with pytest.raises(InferenceServerException) as err:
         bad.get_result()
     assert err.value.status() == "400" and "input element 1 of 2" in err.value.message()
     for name, good in zip(NAMES, goods):
         assert_acceptable(first_labels(good.get_result()), [name])
-    assert server.worker_pids(MODEL) == pids
+    assert endpoint.pids() == pids
 
 
-def test_kserve_client_v2_and_v1(server, photos):
+def test_kserve_client_v2_and_v1(endpoint, photos):
     async def run():
         v2 = InferenceRESTClient(RESTConfig(protocol="v2", timeout=120))
         request = InferRequest(
@@ -81,12 +83,12 @@ def test_kserve_client_v2_and_v1(server, photos):
         )
         v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=120))
         return await asyncio.gather(
-            v2.infer(server.inference_url, request, model_name=MODEL, headers=auth(server)),
+            v2.infer(endpoint.url, request, model_name=MODEL, headers=endpoint.headers),
             v1.infer(
-                server.inference_url,
+                endpoint.url,
                 {"instances": [{"b64": b64(photos[n])} for n in NAMES]},
                 model_name=MODEL,
-                headers=auth(server),
+                headers=endpoint.headers,
             ),
         )
 
@@ -114,9 +116,9 @@ def _image_cases(photo: bytes):
     return [c for c in bad_cases(photo) if isinstance(c.body, bytes) and not c.name.startswith(skip)]
 
 
-def test_bad_image_corpus_is_isolated_in_every_protocol(server, photos):
-    pids = server.worker_pids(MODEL)
-    url = server.inference_url
+def test_bad_image_corpus_is_isolated_in_every_protocol(endpoint, photos):
+    pids = endpoint.pids()
+    url = endpoint.url
     good_body, good_size = triton.InferenceServerClient.generate_request_body(
         [triton_input([photos["dog1.jpg"]], True)]
     )
@@ -129,14 +131,14 @@ def test_bad_image_corpus_is_isolated_in_every_protocol(server, photos):
             f"{url}/v2/models/{MODEL}/infer",
             data=body,
             timeout=60,
-            headers={**auth(server), "Inference-Header-Content-Length": str(size)},
+            headers={**endpoint.headers, "Inference-Header-Content-Length": str(size)},
         )
 
     def kserve_v1(image):
         return requests.post(
             f"{url}/v1/models/{MODEL}:predict",
             json={"instances": [b64(photos["dog2.jpg"]), b64(image)]},
-            headers=auth(server),
+            headers=endpoint.headers,
             timeout=60,
         )
 
@@ -145,7 +147,7 @@ def test_bad_image_corpus_is_isolated_in_every_protocol(server, photos):
             f"{url}/v2/models/{MODEL}/infer",
             data=good_body,
             timeout=60,
-            headers={**auth(server), "Inference-Header-Content-Length": str(good_size)},
+            headers={**endpoint.headers, "Inference-Header-Content-Length": str(good_size)},
         )
 
     failures = []
@@ -157,7 +159,7 @@ def test_bad_image_corpus_is_isolated_in_every_protocol(server, photos):
                 "oip": pool.submit(oip_binary, case.body),
                 "v1": pool.submit(kserve_v1, case.body),
                 "good": pool.submit(good),
-                "plain": pool.submit(server.post, MODEL, data=photos["croco.jpg"]),
+                "plain": pool.submit(endpoint.post, plain_path(endpoint), data=photos["croco.jpg"]),
             }
             got = {k: f.result() for k, f in sent.items()}
             for protocol, where in (("oip", "input element 1 of 2"), ("v1", "instance 1 of 2")):
@@ -174,4 +176,4 @@ def test_bad_image_corpus_is_isolated_in_every_protocol(server, photos):
                 if first_labels(result) != ["Labrador retriever"]:
                     failures.append((case.name, "neighbour label", first_labels(result)))
     assert not failures, failures
-    assert server.worker_pids(MODEL) == pids
+    assert endpoint.pids() == pids
