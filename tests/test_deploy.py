@@ -54,7 +54,16 @@ def test_the_overlays_change_what_they_say(base_objects):
     )
     assert base_objects["InferenceService"]["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
     runtime = base_objects["ServingRuntime"]["spec"]["containers"][0]
-    assert runtime["args"] == [
+    assert runtime["args"][:3] == ["python", "-m", "handlers.kserve"] and "--model_dir=/mnt/models" in runtime["args"]
+    assert base_objects["InferenceService"]["spec"]["predictor"]["model"]["runtime"] == "image-classifier"
+    assert runtime["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert runtime["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert base_objects["ServingRuntime"]["spec"]["protocolVersions"] == ["v1", "v2", "grpc-v2"]
+    ports = {p["port"] for rule in base_objects["NetworkPolicy"]["spec"]["ingress"] for p in rule["ports"]}
+    assert {8012, 8013, 9090} <= ports  # Knative's queue-proxy, its HTTP/2 port, the autoscaler's scrape
+    legacy = {o["kind"]: o for o in vd.render(ROOT / "deploy" / "kserve" / "overlays" / "torchserve")}
+    assert legacy["InferenceService"]["spec"]["predictor"]["model"]["runtime"] == "ts-image-classifier-torchserve"
+    assert legacy["ServingRuntime"]["spec"]["containers"][0]["args"] == [
         "torchserve",
         "--start",
         "--model-store=/mnt/models/model-store",
@@ -124,6 +133,7 @@ def test_the_image_runs_the_stack_setup_cfg_pins_and_the_wrapper_apart():
     assert dockerfile.rstrip().splitlines()[-1] == "USER 1000"  # the uid KServe's runtime runs it as
     entrypoint = (ROOT / "deploy" / "image" / "entrypoint.sh").read_text()
     assert 'eval "$@"' in entrypoint and "exec /opt/kserve-wrapper/venv/bin/python __main__.py" in entrypoint
+    assert 'exec "$@"' in entrypoint  # the image-classifier runtime's server is the container's process
 
 
 def test_every_shipped_config_limits_allowed_urls():

@@ -21,13 +21,16 @@ class KServeServer:
 
     def __init__(self, folder: Path, model_dir: Path, model_name: str | None = None, http_port: int | None = None,
                  grpc_port: int | None = None, python: str = sys.executable, env: dict | None = None,
-                 extra_args: tuple = ()):  # fmt: skip
+                 extra_args: tuple = (), runtime_args: list | None = None):  # fmt: skip
+        """`runtime_args`: a ServingRuntime container's args (python -m handlers.kserve ...), run as
+        KServe would run them, with this server's folder, mount and ports in place of the pod's."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.model_dir, self.model_name = Path(model_dir), model_name
         self.http_port, self.grpc_port = http_port or free_port(), grpc_port or free_port()
         self.python, self.env, self.extra_args = python, env or {}, tuple(extra_args)
         self.pid_file, self.log_file = self.folder / "kserve.pid", self.folder / "kserve.log"
+        self.runtime_args = runtime_args
         self.ready_after_s = None
 
     @property
@@ -39,6 +42,14 @@ class KServeServer:
         return f"127.0.0.1:{self.grpc_port}"
 
     def command(self) -> list[str]:
+        if self.runtime_args is not None:
+            pod = {"/mnt/models": str(self.model_dir), "/tmp/models": str(self.folder / "work"),
+                   "{{.Name}}": self.model_name or "model", "=8080": f"={self.http_port}",
+                   "=8081": f"={self.grpc_port}"}  # fmt: skip
+            args = list(self.runtime_args[1:])  # after "python"
+            for pod_value, here in pod.items():
+                args = [a.replace(pod_value, here) for a in args]
+            return [self.python, *args, "--host", "127.0.0.1", *map(str, self.extra_args)]
         cmd = [self.python, "-m", "handlers.kserve", "--model_dir", str(self.model_dir), "--work_dir",
                str(self.folder / "work"), "--host", "127.0.0.1", "--http_port", str(self.http_port),
                "--grpc_port", str(self.grpc_port)]  # fmt: skip

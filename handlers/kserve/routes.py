@@ -55,6 +55,13 @@ def add_routes(app: FastAPI, models: dict) -> None:
     async def v2_version_infer(name: str, version: str, request: Request) -> Response:
         return await infer(name, request, OIP, version)
 
+    @router.get("/v2/health/live")
+    async def live() -> Response:
+        """Alive while every model's batching loop runs (the liveness probe); KServe's own says
+        yes whenever the process answers HTTP."""
+        dead = [name for name, model in models.items() if model.batcher is not None and not model.batcher.alive]
+        return JSONResponse({"live": not dead, **({"dead": dead} if dead else {})}, status_code=503 if dead else 200)
+
     @router.get("/v2/models/{name}/health")
     async def health(name: str) -> Response:
         """What serves and why: the engine chosen and its evidence, the monitor, the experiment."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from tests.conftest import ROOT
 from tsctl.kserve_local import KServeServer
@@ -93,7 +94,9 @@ def kserve_server(server, tmp_path_factory):
     """KServe's model server on the archive `server` serves, from a storage mount as a pod has it."""
     mount = read_only_mount(server.model_store / f"{MODEL}.mar", tmp_path_factory.mktemp("mnt") / "models")
     before = files_under(mount)
-    ks = KServeServer(tmp_path_factory.mktemp("kserve"), mount).start()
+    runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "base" / "servingruntime.yaml").read_text())
+    args = runtime["spec"]["containers"][0]["args"]  # started as the pod starts it
+    ks = KServeServer(tmp_path_factory.mktemp("kserve"), mount, MODEL, runtime_args=args).start()
     yield ks
     ks.stop()
     assert files_under(mount) == before  # nothing written to the storage mount

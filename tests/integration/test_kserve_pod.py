@@ -1,6 +1,6 @@
 """The KServe pod's request path as the pod runs it, on this machine: the bundle of `make
 kserve-bundle` at a mount folder; TorchServe started with the ServingRuntime's arguments and
-environment (deploy/kserve/base/servingruntime.yaml); then KServe's TorchServe wrapper, from
+environment (deploy/kserve/overlays/torchserve/servingruntime.yaml); then KServe's TorchServe wrapper, from
 the torchserve-kfs:0.12.0 image's sources (kserve 0.13.0 in its own environment, built by
 `make kserve-wrapper`), started as the image's entrypoint starts it, once per protocolVersion
 the ServingRuntime lists. Clients call the wrapper's ports only (REST 8080, gRPC 8081), as
@@ -35,7 +35,7 @@ from tsctl.local_server import LAUNCH
 pytestmark = pytest.mark.integration
 MODEL = "efficientnet_lite0"
 WRAPPER = ROOT / "build" / "kserve-wrapper"  # `make kserve-wrapper`
-RUNTIME = ROOT / "deploy" / "kserve" / "base" / "servingruntime.yaml"
+RUNTIME = ROOT / "deploy" / "kserve" / "overlays" / "torchserve" / "servingruntime.yaml"
 TWO = ["kitten.jpg", "dog1.jpg"]
 # Every client check, and what it gives under each protocolVersion: "ok" (labels right) or
 # "fails" (an error from the wrapper). docs/KUBERNETES.md, "Protocols", is this table.

@@ -67,6 +67,7 @@ def test_requests_that_arrive_together_run_as_one_batch(kserve_server, photos):
                                                         data=photos[PHOTOS[i % 3]], timeout=60), range(8)))  # fmt: skip
     assert [a.status_code for a in answers] == [200] * 8
     health = kserve_server.health()
+    assert requests.get(f"{kserve_server.url}/v2/health/live", timeout=10).json() == {"live": True}
     assert health["batches"] - before <= 2 and health["batch_size"] == 8 and health["max_batch_delay_ms"] == 300
 
 
