@@ -22,7 +22,7 @@ CPU_THREADS ?=
 # make bench BENCH_ARGS="--handlers ours --sizes 500x375" SERVE_OMP_ENV=OMP_WAIT_POLICY=PASSIVE.
 SERVE_OMP_ENV ?= GOMP_SPINCOUNT=10000
 
-.PHONY: serve stop mar test test-slow bench install java wrk prometheus clean kserve-bundle kserve-wrapper image soak
+.PHONY: serve stop mar test test-slow bench bench-servers install java wrk prometheus clean kserve-bundle kserve-wrapper image soak
 
 install: $(VENV)/.installed
 
@@ -96,7 +96,7 @@ image:
 # 127.0.0.1:8080 (KServe v1, Open Inference Protocol), gRPC on 8081, no token (loopback only).
 SERVER ?= torchserve
 SERVE_USES := CHECKPOINT MODEL_NAME VERSION MAR FRESH CPU_WORKERS CPU_THREADS SERVE_OMP_ENV SAMPLE SERVER
-SERVE_REFUSES := MAR_DIR CANDIDATE CANDIDATE_VERSION EXPERIMENT EXPERIMENT_ARGS IMAGE IMAGE_TAG GPU BENCH_ARGS SOAK_ARGS PYTEST_ARGS WRAPPER_SRC
+SERVE_REFUSES := MAR_DIR CANDIDATE CANDIDATE_VERSION EXPERIMENT EXPERIMENT_ARGS IMAGE IMAGE_TAG GPU BENCH_ARGS BENCH_SERVERS_ARGS SOAK_ARGS PYTEST_ARGS WRAPPER_SRC
 MAR ?=
 FRESH ?=
 SERVE_MODEL = $$($(PY) -c "import sys; from tsctl.steps import mar_version; print(mar_version(sys.argv[1])[0])" $(SERVE_MAR))
@@ -143,8 +143,16 @@ serve: install $(if $(filter kserve,$(SERVER)),,java)
 # Side-by-side load test: this handler vs TorchServe's stock image_classifier vs the model alone.
 # Writes bench_results/results.md, results.json and latency_throughput.png. BENCH_ARGS=--help lists options.
 BENCH_ARGS ?=
-bench: install java wrk $(DEFAULT_CKPT)
+bench: install java wrk $(DEFAULT_CKPT) kserve-wrapper
 	$(PY) scripts/bench.py $(addprefix --server-env ,$(SERVE_OMP_ENV)) $(BENCH_ARGS)
+	$(PY) scripts/bench_servers.py $(BENCH_SERVERS_ARGS)
+
+# The servers alone, side by side on one archive: TorchServe, KServe's TorchServe wrapper in front
+# of it, KServe's own model server on the request core (bench_results/servers.md).
+# BENCH_SERVERS_ARGS="--duration 10 --rounds 2 --concurrency 1,8,16"
+BENCH_SERVERS_ARGS ?=
+bench-servers: install java wrk $(DEFAULT_CKPT) kserve-wrapper
+	$(PY) scripts/bench_servers.py $(BENCH_SERVERS_ARGS)
 
 # Minutes of mixed good and hostile traffic against a real TorchServe (not part of make test):
 # answers by status and type, worker restarts, peak RSS. SOAK_ARGS="--minutes 10 --clients 16".
