@@ -147,3 +147,33 @@ def test_a_shadow_and_a_split_answer_through_the_kserve_server(experiment_archiv
         assert requests_by_arm["primary"]["ok"] >= first.count("1.0") * 2
     finally:
         split.stop()
+
+
+def test_make_serve_with_the_kserve_server_answers_on_kserves_ports_and_make_stop_stops_it(server, photos):
+    busy = [p for p in (8080, 8081) if _listening(p)]
+    if busy:
+        pytest.fail(f"ports {busy} are taken on this machine (make stop?): make serve SERVER=kserve uses them")
+    mar = server.model_store / f"{MODEL}.mar"
+    try:
+        out = subprocess.run(["make", "serve", "SERVER=kserve", f"MAR={mar}"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "tiger cat" in out.stdout and "gRPC 8081" in out.stdout
+        answer = requests.post(f"http://127.0.0.1:8080/v1/models/{MODEL}:predict", data=photos["dog1.jpg"], timeout=60)
+        assert answer.json()[0]["label"] == "Labrador retriever"
+        singles = grpc_clients("triton", "127.0.0.1:8081", [ROOT / "samples" / "croco.jpg"])["singles"]
+        assert_acceptable([singles[0]["label"]], ["croco.jpg"])
+        again = subprocess.run(["make", "serve", "SERVER=kserve", f"MAR={mar}"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=120)  # fmt: skip
+        assert again.returncode != 0 and "make stop first" in again.stdout
+    finally:
+        stopped = subprocess.run(["make", "stop"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "Stopped the KServe model server" in stopped.stdout
+    assert not any(_listening(p) for p in (8080, 8081))
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
