@@ -79,15 +79,16 @@ mar: install
 kserve-bundle: install $(filter $(DEFAULT_CKPT),$(CHECKPOINT))
 	$(PY) scripts/kserve_bundle.py --checkpoint $(CHECKPOINT) --model-name $(MODEL_NAME) --version $(VERSION)
 
-# The serving image for KServe (deploy/image/Dockerfile), where docker exists:
-# make image [IMAGE=registry/ts-image-classifier] [IMAGE_TAG=0.1.0] [GPU=1]
+# The serving image for KServe (deploy/image/Dockerfile), with docker or podman (deploy/image/build.sh):
+# make image [IMAGE=registry/ts-image-classifier] [IMAGE_TAG=0.1.0] [GPU=1] [TORCHSERVE=1]
+# -> IMAGE:IMAGE_TAG-cpu (or -gpu); TORCHSERVE=1 builds the TorchServe runtime's image, -torchserve-cpu
 IMAGE ?= ts-image-classifier
 IMAGE_TAG ?= 0.1.0
 GPU ?=
+TORCHSERVE ?=
 image:
-	@command -v docker >/dev/null || { echo "make image needs docker (https://docs.docker.com/engine/install/)."; exit 1; }
-	docker build -f deploy/image/Dockerfile $(if $(GPU),--build-arg TORCH_INDEX=https://pypi.org/simple --build-arg EXTRAS=[gpu]) \
-	  -t $(IMAGE):$(IMAGE_TAG)$(if $(GPU),-gpu,-cpu) .
+	bash deploy/image/build.sh $(IMAGE):$(IMAGE_TAG)$(if $(TORCHSERVE),-torchserve)$(if $(GPU),-gpu,-cpu) \
+	  $(if $(TORCHSERVE),torchserve,image-classifier) $(GPU)
 
 # What `make serve` serves: the default model; MAR=model_store/NAME.mar (any archive in the model
 # store); or CHECKPOINT=x.pt MODEL_NAME=y [VERSION=z], archived first (make mar). TorchServe also
@@ -96,7 +97,7 @@ image:
 # 127.0.0.1:8080 (KServe v1, Open Inference Protocol), gRPC on 8081, no token (loopback only).
 SERVER ?= torchserve
 SERVE_USES := CHECKPOINT MODEL_NAME VERSION MAR FRESH CPU_WORKERS CPU_THREADS SERVE_OMP_ENV SAMPLE SERVER
-SERVE_REFUSES := MAR_DIR CANDIDATE CANDIDATE_VERSION EXPERIMENT EXPERIMENT_ARGS IMAGE IMAGE_TAG GPU BENCH_ARGS BENCH_SERVERS_ARGS SOAK_ARGS PYTEST_ARGS WRAPPER_SRC
+SERVE_REFUSES := MAR_DIR CANDIDATE CANDIDATE_VERSION EXPERIMENT EXPERIMENT_ARGS IMAGE IMAGE_TAG GPU TORCHSERVE BENCH_ARGS BENCH_SERVERS_ARGS SOAK_ARGS PYTEST_ARGS WRAPPER_SRC
 MAR ?=
 FRESH ?=
 SERVE_MODEL = $$($(PY) -c "import sys; from tsctl.steps import mar_version; print(mar_version(sys.argv[1])[0])" $(SERVE_MAR))

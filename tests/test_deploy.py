@@ -125,12 +125,20 @@ def test_the_image_runs_the_stack_setup_cfg_pins_and_the_wrapper_apart():
     pins = [line.split("#")[0].strip() for line in cfg["options"]["install_requires"].splitlines()]
     dockerfile = (ROOT / "deploy" / "image" / "Dockerfile").read_text()
     torch = [p for p in pins if p.startswith(("torch==", "torchvision=="))]
-    assert len(torch) == 2 and f"pip install --no-cache-dir {' '.join(torch)} --index-url" in dockerfile
-    assert '/opt/ts/bin/pip install --no-cache-dir ".${EXTRAS}"' in dockerfile  # the rest as setup.cfg pins it
-    assert 'ARG EXTRAS=""' in dockerfile and "--build-arg EXTRAS=[gpu]" in (ROOT / "Makefile").read_text()
+    assert len(torch) == 2 and f"pip install --no-cache-dir {' '.join(torch)} ${{TORCH_INDEX:+--index-url" in dockerfile
+    # the rest as setup.cfg pins it, in a layer before the code's
+    assert 'python3 requirements.py setup.cfg "${EXTRAS}" > requirements.txt' in dockerfile
+    assert dockerfile.index("requirements.txt") < dockerfile.index("COPY handlers handlers")
+    script = ROOT / "deploy" / "image" / "requirements.py"
+    requirements = subprocess.run([sys.executable, str(script), str(ROOT / "setup.cfg"), "[gpu]"],
+                                  capture_output=True, text=True, check=True)  # fmt: skip
+    assert set(requirements.stdout.split()) == {p for p in pins if p} | {"onnxruntime-gpu>=1.18"}
+    assert 'ARG EXTRAS=""' in dockerfile and "EXTRAS=[gpu]" in (ROOT / "deploy" / "image" / "build.sh").read_text()
     assert "kserve-wrapper.sh /tmp/wrapper-src /opt/kserve-wrapper" in dockerfile  # as the pod test builds it
     assert "kserve[storage]==0.13.0" in (ROOT / "deploy" / "image" / "kserve-wrapper.sh").read_text()
     assert dockerfile.rstrip().splitlines()[-1] == "USER 1000"  # the uid KServe's runtime runs it as
+    stages = [line.split()[-1] for line in dockerfile.splitlines() if line.startswith("FROM ")]
+    assert stages[-1] == "image-classifier"  # the last stage, so the default target, is the runtime's
     entrypoint = (ROOT / "deploy" / "image" / "entrypoint.sh").read_text()
     assert 'eval "$@"' in entrypoint and "exec /opt/kserve-wrapper/venv/bin/python __main__.py" in entrypoint
     assert 'exec "$@"' in entrypoint  # the image-classifier runtime's server is the container's process
