@@ -114,6 +114,7 @@ def experiment_archives(default_checkpoint, tmp_path_factory):
     return archives
 
 
+@pytest.mark.slow  # two archives built and two servers started: most of a minute
 def test_a_shadow_and_a_split_answer_through_the_kserve_server(experiment_archives, photos, tmp_path):
     shadow = KServeServer(tmp_path / "shadow", experiment_archives["shadow"], MODEL).start()
     try:
@@ -149,6 +150,7 @@ def test_a_shadow_and_a_split_answer_through_the_kserve_server(experiment_archiv
         split.stop()
 
 
+@pytest.mark.slow
 def test_make_serve_with_the_kserve_server_answers_on_kserves_ports_and_make_stop_stops_it(server, photos):
     busy = [p for p in (8080, 8081) if _listening(p)]
     if busy:
