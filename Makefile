@@ -22,7 +22,7 @@ CPU_THREADS ?=
 # make bench BENCH_ARGS="--handlers ours --sizes 500x375" SERVE_OMP_ENV=OMP_WAIT_POLICY=PASSIVE.
 SERVE_OMP_ENV ?= GOMP_SPINCOUNT=10000
 
-.PHONY: serve stop mar test test-slow bench bench-servers install java wrk prometheus clean kserve-bundle kserve-wrapper image soak
+.PHONY: serve stop mar test test-slow bench bench-servers install container-engine java wrk prometheus clean kserve-bundle kserve-wrapper image soak
 
 install: $(VENV)/.installed
 
@@ -86,7 +86,7 @@ IMAGE ?= ts-image-classifier
 IMAGE_TAG ?= 0.1.0
 GPU ?=
 TORCHSERVE ?=
-image:
+image: container-engine
 	bash deploy/image/build.sh $(IMAGE):$(IMAGE_TAG)$(if $(TORCHSERVE),-torchserve)$(if $(GPU),-gpu,-cpu) \
 	  $(if $(TORCHSERVE),torchserve,image-classifier) $(GPU)
 
@@ -186,6 +186,18 @@ kserve-wrapper:
 
 # Prometheus and promtool (Debian's package), for the metrics and alert-rule tests; installed with
 # apt-get when this is root on Debian/Ubuntu, otherwise named for you to install.
+# make image and the pod test: docker with its daemon, else podman (with runc, and debootstrap for
+# the base image where no registry answers), installed with apt-get when this is root on Debian.
+container-engine:
+	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then exit 0; fi; \
+	if command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing podman, runc and debootstrap (make image, the pod test) with apt-get."; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc debootstrap >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc debootstrap >/dev/null; } || \
+	  { echo "apt-get could not install podman."; exit 1; }; \
+	else echo "make image needs docker (with its daemon) or podman and runc (Debian/Ubuntu: sudo apt-get install -y podman runc debootstrap)."; exit 1; fi
+
 prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -204,7 +216,7 @@ test: install java prometheus $(DEFAULT_MAR) kserve-wrapper
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: install java prometheus $(DEFAULT_MAR) kserve-wrapper
+test-slow: install java prometheus $(DEFAULT_MAR) kserve-wrapper container-engine
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 # clean deletes every archive, so it forgets the saved state that names them (.tsctl/): the next

@@ -97,7 +97,7 @@ class Pod:
         shutil.rmtree(models, ignore_errors=True)
         models.mkdir(parents=True)
         code = "import sys; from kserve_storage import Storage; Storage.download_files([sys.argv[1]], [sys.argv[2]])"
-        python = storage_python(self.work.parent / "storage-venv")
+        python = storage_python(ROOT / "build" / "storage-venv")
         subprocess.run([str(python), "-c", code, self.storage_uri, str(models)], check=True, capture_output=True)
         return models
 
@@ -213,7 +213,7 @@ def storage_python(venv: Path) -> Path:
     python = venv / "bin" / "python"
     if not (venv / ".ready").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "kserve-storage"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "kserve-storage"], check=True, capture_output=True)
         (venv / ".ready").touch()
     return python
 

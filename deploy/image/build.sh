@@ -49,7 +49,7 @@ if [ "$engine" = podman ]; then
   if ! python3 -c "import urllib.request; urllib.request.urlopen('https://download.pytorch.org/whl/cpu/', timeout=5)" 2>/dev/null; then
     [ -z "$gpu" ] && args+=(--build-arg TORCH_INDEX=)
   fi
-  args+=(--runtime runc --ulimit nofile=10000:10000 --ulimit nproc=1000:1000 --layers)
+  args+=(--format docker --runtime runc --ulimit nofile=10000:10000 --ulimit nproc=1000:1000 --layers)
 fi
 echo "$engine ${args[*]} ."
 "$engine" "${args[@]}" .

@@ -6,6 +6,7 @@ writable work folder, as TorchServe unpacks it: the storage mount is read-only i
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,9 @@ def find_mar(path: Path, model_name: str | None = None) -> Path | None:
         return path
     if (path / MANIFEST).is_file():
         return None
-    found = sorted(p for p in path.rglob("*.mar") if p.is_file())
+    # links followed: KServe's storage code links a local storageUri's files into the mount
+    found = sorted(Path(top) / name for top, _, names in os.walk(path, followlinks=True)
+                   for name in names if name.endswith(".mar"))  # fmt: skip
     if model_name:
         named = [p for p in found if p.stem == model_name or p.stem.startswith(f"{model_name}-v")]
         found = named or found

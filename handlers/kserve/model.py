@@ -7,6 +7,7 @@ reach the core unparsed (handlers/kserve/routes.py)."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import struct
 import time
@@ -29,6 +30,7 @@ from .batcher import Batcher
 from .metrics import PrometheusMetrics
 
 _NUMPY = {"probability": np.float32, "index": np.int64}
+LOAD_WATCHDOG_S = 60.0
 
 
 class ClassifierModel(Model):
@@ -43,14 +45,22 @@ class ClassifierModel(Model):
     def load(self) -> bool:
         start = time.perf_counter()
         a = self.archive
+        # a load still running after this long writes every thread's stack to stderr, then goes on
+        faulthandler.dump_traceback_later(LOAD_WATCHDOG_S)
+        try:
+            self._load(a)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        self.ready_after_s = round(time.perf_counter() - start, 2)
+        self.ready = True
+        return True
+
+    def _load(self, a: Archive) -> None:
         self.core = Classifier(a.folder, a.manifest["serializedFile"], Settings.from_model_yaml(a.config),
                                model_name=self.name, version=a.version, batch_size=self.batch_size,
                                gpu_id=0 if torch.cuda.is_available() else None)  # fmt: skip
         self.core.metrics = PrometheusMetrics(self.name)
         self.batcher = Batcher(self.core.handle, self.batch_size, self.delay_ms / 1000)
-        self.ready_after_s = round(time.perf_counter() - start, 2)
-        self.ready = True
-        return True
 
     @property
     def max_body_bytes(self) -> int:

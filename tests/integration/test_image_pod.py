@@ -9,11 +9,13 @@ exited container, and a restarted container serves again."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -91,8 +93,15 @@ def test_every_protocol_the_runtime_lists_answers_through_the_published_ports(po
 
 
 def test_the_pod_writes_only_its_emptydirs_runs_as_non_root_and_stays_within_its_memory(pod, photos):
-    changed = subprocess.run([pod.engine, "diff", pod.container_name], capture_output=True, text=True).stdout.split()
-    assert changed == [], changed  # the read-only root holds: nothing written outside the emptyDirs
+    changed = subprocess.run([pod.engine, "diff", pod.container_name], capture_output=True, text=True).stdout
+    mounts = json.loads(subprocess.run([pod.engine, "inspect", "--format", "{{json .Mounts}}", pod.container_name],
+                                       capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    engine_made = {"/etc"}  # the engine's own /etc/hosts, resolv.conf, hostname
+    for mount in mounts:
+        path = Path(mount["Destination"])
+        engine_made |= {str(path), *map(str, path.parents)}
+    written = [line.split()[1] for line in changed.splitlines() if line.split()[1] not in engine_made]
+    assert written == [], written  # the read-only root holds: nothing but the mount points themselves
     assert pod.exec("id", "-u").stdout.strip() == "1000"
     assert pod.exec("touch", "/opt/ts/x").returncode != 0 and pod.exec("touch", "/mnt/models/x").returncode != 0
     url = f"http://127.0.0.1:8080/v1/models/{pod.name}:predict"
@@ -106,11 +115,14 @@ def test_the_pod_writes_only_its_emptydirs_runs_as_non_root_and_stays_within_its
     used, limit = pod.memory()
     pod.peak_mib, pod.limit_mib = round(max(peak, used) / 2**20), round(limit / 2**20)
     print(f"ready in {pod.ready_s:.1f} s; resident under 16 clients: {pod.peak_mib} MiB of {pod.limit_mib} MiB")
-    assert 0 < max(peak, used) < limit == kserve_pod._quantity_bytes(pod.spec["resources"]["limits"]["memory"])
+    assert limit == pytest.approx(kserve_pod._quantity_bytes(pod.spec["resources"]["limits"]["memory"]), rel=1e-3)
+    assert 0 < max(peak, used) < limit  # the container's own cgroup, as its stats read it
 
 
 def test_a_killed_server_is_an_exited_container_and_a_restarted_one_serves_again(pod, photos):
-    assert pod.exec("kill", "-TERM", "1").returncode == 0  # the server is the container's process (exec)
+    assert pod.exec("ps").returncode != 0  # a minimal image: python is what there is to signal with
+    kill = pod.exec("python", "-c", "import os, signal; os.kill(1, signal.SIGTERM)")
+    assert kill.returncode == 0, kill.stderr  # the server is the container's process 1 (the entrypoint execs it)
     deadline = time.monotonic() + 60
     while pod.running() and time.monotonic() < deadline:
         time.sleep(0.5)
