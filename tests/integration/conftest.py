@@ -3,6 +3,7 @@ KServe's model server on the same archive; `endpoint` runs a test against each."
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -130,3 +131,10 @@ def endpoint(request) -> Endpoint:
         return Endpoint("torchserve", ts.inference_url, auth, lambda: ts.worker_pids(MODEL))
     ks = request.getfixturevalue("kserve_server")
     return Endpoint("kserve", ks.url, {}, lambda: [ks.pid()])
+
+
+def run_make(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`make ARGS` in this checkout as a user runs it: without the variables of a make that runs
+    the tests (MAKEFLAGS carries `make test-slow PYTEST_ARGS=...`, which make serve refuses)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    return subprocess.run(["make", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -22,6 +22,7 @@ import requests
 
 from tests.clients import assert_acceptable, b64
 from tests.conftest import ROOT
+from tests.integration.conftest import run_make
 from tests.integration.test_kserve_server import grpc_clients
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -40,7 +41,7 @@ def pod(default_checkpoint, tmp_path_factory):
         pytest.skip(str(err))
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl renders deploy/ (README)")
-    build = subprocess.run(["make", "image"], cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    build = run_make("image", timeout=3600)
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
     from kserve_bundle import write_bundle
 
@@ -143,8 +144,7 @@ def test_a_change_of_the_handler_rebuilds_in_seconds(pod, tmp_path):
     marker.write_text("# a change of the code\n")
     try:
         start = time.monotonic()
-        build = subprocess.run(["make", "image", "IMAGE_TAG=layers-test"], cwd=ROOT, capture_output=True, text=True,
-                               timeout=1800)  # fmt: skip
+        build = run_make("image", "IMAGE_TAG=layers-test", timeout=1800)
         seconds = time.monotonic() - start
     finally:
         marker.unlink()

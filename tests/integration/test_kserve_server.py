@@ -17,7 +17,7 @@ import requests
 
 from tests.clients import assert_acceptable
 from tests.conftest import ROOT
-from tests.integration.conftest import MODEL, build_mar
+from tests.integration.conftest import MODEL, build_mar, run_make
 from tsctl.kserve_local import KServeServer
 
 pytestmark = pytest.mark.integration
@@ -157,19 +157,17 @@ def test_make_serve_with_the_kserve_server_answers_on_kserves_ports_and_make_sto
         pytest.fail(f"ports {busy} are taken on this machine (make stop?): make serve SERVER=kserve uses them")
     mar = server.model_store / f"{MODEL}.mar"
     try:
-        out = subprocess.run(["make", "serve", "SERVER=kserve", f"MAR={mar}"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)  # fmt: skip
+        out = run_make("serve", "SERVER=kserve", f"MAR={mar}")
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "tiger cat" in out.stdout and "gRPC 8081" in out.stdout
         answer = requests.post(f"http://127.0.0.1:8080/v1/models/{MODEL}:predict", data=photos["dog1.jpg"], timeout=60)
         assert answer.json()[0]["label"] == "Labrador retriever"
         singles = grpc_clients("triton", "127.0.0.1:8081", [ROOT / "samples" / "croco.jpg"])["singles"]
         assert_acceptable([singles[0]["label"]], ["croco.jpg"])
-        again = subprocess.run(["make", "serve", "SERVER=kserve", f"MAR={mar}"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=120)  # fmt: skip
+        again = run_make("serve", "SERVER=kserve", f"MAR={mar}", timeout=120)
         assert again.returncode != 0 and "make stop first" in again.stdout
     finally:
-        stopped = subprocess.run(["make", "stop"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        stopped = run_make("stop", timeout=120)
     assert "Stopped the KServe model server" in stopped.stdout
     assert not any(_listening(p) for p in (8080, 8081))
 
