@@ -222,5 +222,6 @@ test-slow: install java prometheus $(DEFAULT_MAR) kserve-wrapper container-engin
 # clean deletes every archive, so it forgets the saved state that names them (.tsctl/): the next
 # make serve starts afresh.
 clean:
+	-@$(PY) -m tsctl.kserve_local stop 2>/dev/null
 	-$(TSCTL) stop 2>/dev/null
 	rm -rf build model_store/*.mar logs logs_start.txt .pytest_cache .tsctl
